@@ -1,0 +1,32 @@
+"""Gradient methods: one module each, one ask/tell interface, one ``backward``."""
+
+from ..errors import ConfigError
+from .backprop import Backprop
+from .base import Estimate, GradientMethod, Probes
+from .finite_difference import FiniteDifference
+from .perturbation import PerturbationMethod
+from .pgt import PGT
+
+METHODS = ("pgt", "spsa", "es", "fd", "backprop")
+
+
+def make_method(name: str, scope: str = "global", **kwargs) -> GradientMethod:
+    """A method by its command-line name: ``pgt``, ``spsa``, ``es``, ``fd`` or ``backprop``."""
+    if name == "pgt":
+        return PGT(scope=scope, **kwargs)
+    if name == "spsa":
+        return PGT.spsa(scope=scope, **kwargs)
+    if name == "es":
+        return PGT.es(scope=scope, **kwargs)
+    if name == "fd":
+        kwargs.pop("num_pairs", None)
+        return FiniteDifference(scope=scope, **kwargs)
+    if name == "backprop":
+        return Backprop(seed=kwargs.get("seed", 0))
+    raise ConfigError(f"unknown method {name!r}; choose one of {METHODS}")
+
+
+__all__ = [
+    "Backprop", "Estimate", "FiniteDifference", "GradientMethod", "METHODS", "PGT", "PerturbationMethod", "Probes",
+    "make_method",
+]

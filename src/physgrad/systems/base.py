@@ -1,0 +1,262 @@
+"""The device interface every method talks to (DESIGN.md, "The systems").
+
+A :class:`PhysicalSystem` declares its controllable parameters (names, shapes, safe ranges,
+units), the shape of one input sample and of one output sample, and answers
+:meth:`PhysicalSystem.measure` for a *batch of probes*: ``K`` parameter settings, each applied to
+a batch of ``B`` inputs, in one call. Every setting and input passes the :class:`RangeGuard`
+before it reaches the device, so no method can send a value outside the declared range or a NaN.
+
+``measure`` never returns anything with a gradient. A simulated device may also offer
+:meth:`PhysicalSystem.simulate` (``differentiable = True``): the same noiseless response through
+autograd, used only by the backpropagation oracle; forward-only methods never call it.
+
+Subclasses implement :meth:`PhysicalSystem.response`, vectorised over probes::
+
+    response(params: {name: [K, *shape]}, inputs: [K, B, *input_shape]) -> [K, B, *output_shape]
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from ..cost import Cost
+from ..errors import MeasurementError, RangeError, ShapeError
+from .noise import MeasurementNoise
+
+log = logging.getLogger(__name__)
+
+Bound = float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One controllable parameter of a device.
+
+    ``low``/``high`` are the safe range, a number or a tensor broadcastable to ``shape`` (per
+    element bounds); ``default`` is the setting a fresh device starts from.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    low: Bound = -math.inf
+    high: Bound = math.inf
+    default: torch.Tensor | float = 0.0
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        low, high = self.bounds()
+        if torch.isnan(low).any() or torch.isnan(high).any() or (low > high).any():
+            raise ValueError(f"parameter {self.name!r}: safe range low={self.low} high={self.high} is not a range")
+        default = self.default_tensor()
+        if not ((default >= low) & (default <= high)).all():
+            raise ValueError(f"parameter {self.name!r}: default setting lies outside its safe range")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def bounds(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The safe range as two tensors of the parameter's shape."""
+        low = torch.as_tensor(self.low, dtype=dtype).expand(self.shape).clone()
+        high = torch.as_tensor(self.high, dtype=dtype).expand(self.shape).clone()
+        return low, high
+
+    def default_tensor(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.as_tensor(self.default, dtype=dtype).expand(self.shape).clone()
+
+
+class RangeGuard:
+    """The last line of defence between a method and a device.
+
+    ``mode="clip"`` moves out-of-range values onto the nearest bound (and counts them);
+    ``mode="refuse"`` raises :class:`RangeError` and sends nothing. NaN or inf is refused in both
+    modes: there is no safe value to clip it to.
+    """
+
+    MODES = ("clip", "refuse")
+
+    def __init__(self, mode: str = "clip") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"RangeGuard mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+        self.clipped = 0  # number of values moved onto a bound so far
+
+    def __call__(self, what: str, value: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        if not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise RangeError(f"{what}: {bad} non-finite value(s) (NaN/inf) refused; nothing was sent to the device")
+        outside = (value < low) | (value > high)
+        if not outside.any():
+            return value
+        count = int(outside.sum())
+        if self.mode == "refuse":
+            worst = float(torch.maximum(low - value, value - high).max())
+            raise RangeError(
+                f"{what}: {count} value(s) outside the safe range (worst by {worst:.4g}); refused, nothing was sent"
+            )
+        self.clipped += count
+        log.debug("%s: clipped %d value(s) into the safe range", what, count)
+        return torch.maximum(torch.minimum(value, high), low)
+
+
+class PhysicalSystem(abc.ABC):
+    """A device that can only be set, driven and measured.
+
+    Parameters
+    ----------
+    input_shape, output_shape:
+        Shape of one input sample and of one output sample.
+    parameters:
+        The controllable parameters, with their safe ranges.
+    input_range:
+        ``(low, high)`` that every input value must respect (``None``: unbounded).
+    guard:
+        ``"clip"`` or ``"refuse"`` for out-of-range settings (see :class:`RangeGuard`).
+    noise:
+        Measurement noise applied by :meth:`measure` (never by :meth:`simulate`).
+    seconds_per_query:
+        Device time one query costs (settling + sampling), for cost accounting.
+    seed:
+        Seed of the device's own noise generator.
+    """
+
+    differentiable: bool = False
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        output_shape: Sequence[int],
+        parameters: Sequence[ParameterSpec] = (),
+        *,
+        input_range: tuple[float, float] | None = None,
+        guard: str | RangeGuard = "clip",
+        noise: MeasurementNoise | None = None,
+        seconds_per_query: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(int(s) for s in output_shape)
+        self.parameter_specs: dict[str, ParameterSpec] = {}
+        for spec in parameters:
+            if spec.name in self.parameter_specs:
+                raise ValueError(f"duplicate parameter name {spec.name!r}")
+            self.parameter_specs[spec.name] = spec
+        if input_range is not None and not input_range[0] < input_range[1]:
+            raise ValueError(f"input_range {input_range} is not a range")
+        self.input_range = input_range
+        self.guard = guard if isinstance(guard, RangeGuard) else RangeGuard(guard)
+        self.noise = noise or MeasurementNoise()
+        self.seconds_per_query = float(seconds_per_query)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.queries = 0
+        self.samples = 0
+        self.device_seconds = 0.0
+
+    # ----------------------------------------------------------------------------- declared
+    def initial_parameters(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """The default setting of every parameter (unbatched shapes)."""
+        return {name: spec.default_tensor(dtype) for name, spec in self.parameter_specs.items()}
+
+    def parameter_bounds(self, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {name: spec.bounds(dtype) for name, spec in self.parameter_specs.items()}
+
+    @property
+    def cost(self) -> Cost:
+        """Everything measured on this device so far."""
+        return Cost(self.queries, self.samples, self.device_seconds)
+
+    def reset_counters(self) -> None:
+        self.queries, self.samples, self.device_seconds = 0, 0, 0.0
+
+    # ----------------------------------------------------------------------------- contact
+    def measure(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """Apply ``K`` settings to a batch of inputs and return what the instrument reads.
+
+        ``params[name]`` is ``[K, *shape]`` (or ``shape`` alone for ``K = 1``); ``inputs`` is
+        ``[B, *input_shape]`` (shared by all probes) or ``[K, B, *input_shape]``. Returns
+        ``[K, B, *output_shape]``, detached. Counts ``K`` queries and ``K·B`` samples.
+        """
+        params, inputs, k, b = self._checked(params, inputs)
+        with torch.no_grad():
+            out = self.response(params, inputs)
+            if self.noise.enabled:
+                out = self.noise.apply(out, self.generator)
+        self._count(k, b)
+        expected = (k, b, *self.output_shape)
+        if tuple(out.shape) != expected:
+            raise MeasurementError(f"{type(self).__name__} answered shape {tuple(out.shape)}, expected {expected}")
+        if not torch.isfinite(out).all():
+            bad = int((~torch.isfinite(out)).sum())
+            raise MeasurementError(f"{type(self).__name__} returned {bad} non-finite value(s) (NaN/inf) of {out.numel()}")
+        return out.detach()
+
+    def simulate(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """The noiseless response through autograd: only for the backpropagation oracle.
+
+        Same shapes and range guard as :meth:`measure`; counted as queries too.
+        """
+        if not self.differentiable:
+            raise TypeError(f"{type(self).__name__} is not a differentiable simulator; backpropagation cannot train it")
+        params, inputs, k, b = self._checked(params, inputs)
+        self._count(k, b)
+        return self.response(params, inputs)
+
+    @abc.abstractmethod
+    def response(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """Noiseless response, ``params[name]: [K, *shape]``, ``inputs: [K, B, *input_shape]``."""
+
+    # ----------------------------------------------------------------------------- helpers
+    def _count(self, k: int, b: int) -> None:
+        self.queries += k
+        self.samples += k * b
+        self.device_seconds += k * self.seconds_per_query
+
+    def _checked(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor):
+        unknown = set(params) - set(self.parameter_specs)
+        if unknown:
+            raise ShapeError(f"{type(self).__name__} has no parameter(s) {sorted(unknown)}; it has {list(self.parameter_specs)}")
+        missing = set(self.parameter_specs) - set(params)
+        if missing:
+            raise ShapeError(f"{type(self).__name__}: setting for parameter(s) {sorted(missing)} missing")
+        k = None
+        batched: dict[str, torch.Tensor] = {}
+        for name, spec in self.parameter_specs.items():
+            value = torch.as_tensor(params[name])
+            if tuple(value.shape) == spec.shape:
+                value = value.unsqueeze(0)
+            if tuple(value.shape[1:]) != spec.shape:
+                raise ShapeError(
+                    f"parameter {name!r}: expected shape {spec.shape} or [K, *{spec.shape}], got {tuple(value.shape)}"
+                )
+            if k is None:
+                k = value.shape[0]
+            elif value.shape[0] != k:
+                raise ShapeError(f"parameter {name!r} has {value.shape[0]} probes, others have {k}")
+            low, high = spec.bounds(value.dtype)
+            batched[name] = self.guard(f"parameter {name!r}", value, low, high)
+        inputs = torch.as_tensor(inputs)
+        n_in = len(self.input_shape)
+        if tuple(inputs.shape[-n_in:] if n_in else ()) != self.input_shape or inputs.dim() not in (n_in + 1, n_in + 2):
+            raise ShapeError(
+                f"{type(self).__name__} expects inputs [B, *{self.input_shape}] or [K, B, *{self.input_shape}], "
+                f"got {tuple(inputs.shape)}"
+            )
+        if k is None:  # a device with no controllable parameters
+            k = inputs.shape[0] if inputs.dim() == n_in + 2 else 1
+        if inputs.dim() == n_in + 1:
+            inputs = inputs.unsqueeze(0).expand(k, *inputs.shape)
+        elif inputs.shape[0] != k:
+            raise ShapeError(f"inputs carry {inputs.shape[0]} probes but parameters carry {k}")
+        if self.input_range is not None:
+            low, high = (torch.tensor(v, dtype=inputs.dtype) for v in self.input_range)
+            inputs = self.guard("inputs", inputs, low, high)
+        elif not torch.isfinite(inputs).all():
+            raise RangeError("inputs: non-finite value(s) (NaN/inf) refused; nothing was sent to the device")
+        return batched, inputs, k, inputs.shape[1]
