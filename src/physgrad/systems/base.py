@@ -175,6 +175,23 @@ class PhysicalSystem(abc.ABC):
     def reset_counters(self) -> None:
         self.queries, self.samples, self.device_seconds = 0, 0, 0.0
 
+    def state_dict(self) -> dict:
+        """Counters and the noise generator's state: what an exact resume must restore."""
+        return {
+            "queries": self.queries,
+            "samples": self.samples,
+            "device_seconds": self.device_seconds,
+            "clipped": self.guard.clipped,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queries = int(state["queries"])
+        self.samples = int(state["samples"])
+        self.device_seconds = float(state["device_seconds"])
+        self.guard.clipped = int(state["clipped"])
+        self.generator.set_state(state["generator"])
+
     # ----------------------------------------------------------------------------- contact
     def measure(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """Apply ``K`` settings to a batch of inputs and return what the instrument reads.

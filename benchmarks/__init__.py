@@ -1,0 +1,1 @@
+"""Measured comparisons, one module per question: ``python -m benchmarks.NAME [--quick] [--out F.json]``."""

@@ -1,0 +1,83 @@
+"""The ``physgrad`` command line.
+
+::
+
+    physgrad demo [--out DIR] [--quick]
+    physgrad train --method pgt --scope local --dataset digits --epochs 20 --seed 0 --out runs/pgt
+    physgrad run CONFIG.json [CONFIG.json ...] --out runs/   # one folder per config
+    physgrad report runs/a runs/b --out report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .errors import PhysgradError
+from .experiments.config import TrainConfig, run
+from .experiments.report import make_report
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    types = {"str": str, "int": int, "float": float}
+    for f in fields(TrainConfig):
+        kind = types[f.type.replace(" | None", "")]
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name),
+                       help=f"(default: {getattr(defaults, f.name)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="physgrad", description="Train physical systems with forward-only gradients.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO level)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_demo = sub.add_parser("demo", help="train the demo network three ways and print the comparison")
+    p_demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for metrics and the report")
+    p_demo.add_argument("--quick", action="store_true", help="two epochs per method (a smoke test)")
+
+    p_train = sub.add_parser("train", help="train one configuration given as options")
+    _add_train_options(p_train)
+    p_train.add_argument("--out", type=Path, required=True, help="run folder (metrics.jsonl, checkpoint.pt)")
+    p_train.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+
+    p_run = sub.add_parser("run", help="train one or more JSON config files")
+    p_run.add_argument("configs", nargs="+", type=Path)
+    p_run.add_argument("--out", type=Path, required=True, help="parent folder; one sub-folder per config")
+
+    p_report = sub.add_parser("report", help="plots and a Markdown table from run folders")
+    p_report.add_argument("runs", nargs="+", type=Path)
+    p_report.add_argument("--out", type=Path, default=Path("report"))
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            from .experiments.demo import demo
+
+            demo(args.out, quick=args.quick)
+            print(f"\nmetrics, plots and report.md in {args.out}/")
+        elif args.command == "train":
+            values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+            cfg = TrainConfig.from_dict(values)
+            last = run(cfg, args.out, resume=not args.no_resume)[-1]
+            print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
+                  f"-> {args.out}/metrics.jsonl")
+        elif args.command == "run":
+            configs = [TrainConfig.from_file(c) for c in args.configs]  # validate all before training any
+            for path, cfg in zip(args.configs, configs):
+                last = run(cfg, args.out / path.stem)[-1]
+                print(f"{path.stem} ({cfg.label}): test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} queries")
+        elif args.command == "report":
+            print(f"report: {make_report(args.runs, args.out)}")
+    except PhysgradError as e:
+        print(f"physgrad: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
