@@ -57,7 +57,8 @@ class PerturbationMethod(GradientMethod):
     delta:
         Perturbation scale δ (in parameter units; inputs of a device in its input units).
     max_probes:
-        At most this many probe pairs per device call (memory bound; results are identical).
+        At most this many probe pairs per device call (a memory bound; the estimator is the same, its
+        random draws are split across calls).
     vectorize:
         Evaluate all probes of a chunk in one batched call (default) or one by one.
     """

@@ -80,6 +80,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.skipped = 0
+        self._consecutive_skips = 0
         self.wall_time = 0.0
 
     # ------------------------------------------------------------------ evaluation
@@ -92,12 +93,23 @@ class Trainer:
         try:
             for start in range(0, len(y), self.eval_batch_size):
                 xb, yb = x[start : start + self.eval_batch_size], y[start : start + self.eval_batch_size]
-                out = self.model(xb)
+                out = self._measure_outputs(xb)
                 total_loss += float(self.loss_fn(out, yb)) * len(yb)
                 correct += int((out.argmax(-1) == yb).sum())
         finally:
             self.model.train(was_training)
         return total_loss / max(len(y), 1), correct / max(len(y), 1)
+
+    def _measure_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs, measuring again (up to ``max_consecutive_skips`` times) if a measurement fails."""
+        for attempt in range(self.max_consecutive_skips + 1):
+            try:
+                return self.model(x)
+            except MeasurementError as e:
+                if attempt == self.max_consecutive_skips:
+                    raise
+                log.warning("evaluation measurement failed, measuring again: %s", e)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ training
     def fit(self, data: Dataset, epochs: int, *, resume: bool = True) -> list[dict]:
@@ -143,13 +155,13 @@ class Trainer:
             loss = self.method.backward(self.model, self.loss_fn, x, y)
         except (NonFiniteGradientError, MeasurementError) as e:
             self.skipped += 1
-            self._consecutive = getattr(self, "_consecutive", 0) + 1
+            self._consecutive_skips += 1
             log.warning("step %d skipped (%s): %s", self.step, type(e).__name__, e)
-            if self._consecutive > self.max_consecutive_skips:
+            if self._consecutive_skips > self.max_consecutive_skips:
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        self._consecutive = 0
+        self._consecutive_skips = 0
         self.optimizer.step()
         clamp_to_safe_range_(self.model)
         return float(loss)

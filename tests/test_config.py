@@ -1,0 +1,45 @@
+import json
+
+import pytest
+
+from physgrad.errors import ConfigError
+from physgrad.experiments import TrainConfig, build
+from physgrad.methods import PGT, Backprop
+
+
+def test_defaults_build_a_pgt_local_run():
+    cfg = TrainConfig()
+    data, model, method, opt = build(cfg)
+    assert isinstance(method, PGT) and method.scope == "local" and method.num_pairs == cfg.num_pairs
+    assert model.encoder.in_features == 64 and model.readout.out_features == 10
+    assert opt.param_groups[0]["lr"] == 3e-3
+    assert TrainConfig(scope="global").learning_rate == 1e-3
+    assert isinstance(build(TrainConfig(method="backprop"), data)[2], Backprop)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"methd": "pgt"}, "unknown config key"),
+        ({"method": "magic"}, "unknown value 'magic'"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"epochs": "ten"}, "'epochs' must be int"),
+        ({"epochs": 0}, "'epochs' must be >= 1"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"delta": float("nan")}, "delta"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_broken_configs_are_refused_with_the_key_named(data, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(data)
+
+
+def test_config_files(tmp_path):
+    (tmp_path / "ok.json").write_text(json.dumps({"method": "spsa", "epochs": 3}))
+    assert TrainConfig.from_file(tmp_path / "ok.json").method == "spsa"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TrainConfig.from_file(tmp_path / "bad.json")
+    with pytest.raises(ConfigError, match="not found"):
+        TrainConfig.from_file(tmp_path / "missing.json")
