@@ -6,6 +6,7 @@
     physgrad train --method pgt --scope local --dataset digits --epochs 20 --seed 0 --out runs/pgt
     physgrad run CONFIG.json [CONFIG.json ...] --out runs/   # one folder per config
     physgrad report runs/a runs/b --out report/
+    physgrad serve --device reservoir --address tcp://127.0.0.1:5555 --token-file TOKEN   # a device server
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p_report.add_argument("runs", nargs="+", type=Path)
     p_report.add_argument("--out", type=Path, default=Path("report"))
 
+    from .systems.server import add_arguments as add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="put a (simulated) device behind a token-protected network endpoint"))
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -73,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path.stem} ({cfg.label}): test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} queries")
         elif args.command == "report":
             print(f"report: {make_report(args.runs, args.out)}")
+        elif args.command == "serve":
+            from .systems.server import serve_from_args
+
+            serve_from_args(args)
     except PhysgradError as e:
         print(f"physgrad: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,9 @@ from .base import Estimate, GradientMethod, Probes
 from .finite_difference import FiniteDifference
 from .perturbation import PerturbationMethod
 from .pgt import PGT
+from .hge import HGE, FrequencyPlan, plan_frequencies
+from .aeqprop import Aeqprop
+from .eqprop import EqProp
 
 METHODS = ("pgt", "spsa", "es", "fd", "backprop")
 
@@ -30,3 +33,5 @@ __all__ = [
     "Backprop", "Estimate", "FiniteDifference", "GradientMethod", "METHODS", "PGT", "PerturbationMethod", "Probes",
     "make_method",
 ]
+__all__ += ["Aeqprop", "EqProp"]
+__all__ += ["HGE", "FrequencyPlan", "plan_frequencies"]

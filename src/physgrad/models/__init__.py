@@ -9,6 +9,8 @@ from .physical_layer import (
     systems_of,
 )
 from .reservoir_net import ReservoirNet
+from .energy_model import EnergyModel, energy_model_of
+from .transformer import ReservoirTransformer
 
 __all__ = [
     "PhysicalLayer",
@@ -19,3 +21,5 @@ __all__ = [
     "physical_layers",
     "systems_of",
 ]
+__all__ += ["EnergyModel", "energy_model_of"]
+__all__ += ["ReservoirTransformer"]

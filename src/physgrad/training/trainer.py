@@ -82,6 +82,7 @@ class Trainer:
         self.skipped = 0
         self._consecutive_skips = 0
         self.wall_time = 0.0
+        self._epoch_losses: list[float] = []  # losses of the epoch in progress (checkpointed)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -126,7 +127,8 @@ class Trainer:
             if order is None:
                 order = torch.randperm(n, generator=self.generator)
             first = self.step - self.epoch * steps_per_epoch
-            losses: list[float] = []
+            losses: list[float] = self._epoch_losses if first else []  # a resumed epoch keeps its losses
+            self._epoch_losses = losses
             bar = tqdm(range(first, steps_per_epoch), disable=not self.progress, desc=f"epoch {self.epoch + 1}/{epochs}", leave=False)
             for i in bar:
                 started = time.perf_counter()
@@ -205,6 +207,8 @@ class Trainer:
             "skipped": self.skipped,
             "wall_time": self.wall_time,
             "metrics_offset": self.metrics.offset,
+            "epoch_losses": list(self._epoch_losses),
+            "consecutive_skips": self._consecutive_skips,
         }
 
     def _save(self, order: torch.Tensor | None) -> None:
@@ -227,6 +231,8 @@ class Trainer:
             torch.set_rng_state(state["torch_rng"])
             self.step, self.epoch = int(state["step"]), int(state["epoch"])
             self.skipped, self.wall_time = int(state["skipped"]), float(state["wall_time"])
+            self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
+            self._consecutive_skips = int(state.get("consecutive_skips", 0))
             self.metrics.truncate(int(state["metrics_offset"]))
         except (KeyError, RuntimeError, ValueError) as e:
             if isinstance(e, CheckpointError):

@@ -1,0 +1,231 @@
+"""Equilibrium Propagation (EqProp) and the phase protocol shared with Aeqprop.
+
+EqProp (Scellier & Bengio 2017, Front. Comput. Neurosci. 11:24, Eq. 10; symmetric nudging:
+Laborieux et al. 2021, Front. Neurosci. 15:633674, Eq. 4) estimates the gradient of the cost
+``C`` at the free equilibrium from two nudged equilibria ``s^β₁``, ``s^β₂`` of an energy-based
+device, with the parameters held::
+
+    ĝ = [∂E/∂θ(θ, s^β₂) − ∂E/∂θ(θ, s^β₁)] / (β₂ − β₁)   →   ∇_θ C(s*(θ))   as β → 0
+
+Variants (``nudging_pair``): ``optimistic``/``positive`` ``(0, β)`` and ``pessimistic``/``negative``
+``(−β, 0)`` have an O(β) bias; ``centered`` ``(−β/2, +β/2)`` an O(β²) bias (Laborieux et al.'s
+``±β`` is ``centered`` with ``2β``). EqProp needs the device to *measure and store* ``∂E/∂θ`` at
+both equilibria (``EnergyDevice.measure_energy_gradient``); a device that cannot do that needs
+Aeqprop instead.
+
+ask/tell: :meth:`EnergyMethod.ask` returns :class:`EnergyProbes` — the list of :class:`Phase` s
+(nudging, parameters held or released, what to read); :func:`run_phases` plays them on a device
+(a lab may run its own rig instead); :meth:`tell` turns the read-outs into an
+:class:`~physgrad.methods.base.Estimate`. Cost: one query per relaxation (2 one-sided, 3 centered,
+counting the free phase that gives the prediction and the loss).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..cost import Cost
+from ..errors import ConfigError, ShapeError
+from ..models.energy_model import EnergyModel, energy_model_of
+from ..systems.energy import EnergyDevice, RelaxationReport
+from .base import Estimate, GradientMethod, LossFn
+
+VARIANTS = ("centered", "optimistic", "pessimistic", "positive", "negative")
+READS = ("output", "energy_gradient", "parameters")
+
+
+def nudging_pair(variant: str, beta: float) -> tuple[float, float]:
+    """``(β₁, β₂)`` of a variant: centered ``(−β/2, β/2)``, optimistic/positive ``(0, β)``,
+    pessimistic/negative ``(−β, 0)``."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    try:
+        beta = float(beta)
+    except (TypeError, ValueError):
+        raise ConfigError(f"beta must be a number, got {beta!r}") from None
+    if not (math.isfinite(beta) and 0.0 < beta <= 1.0):
+        raise ConfigError(f"beta must be a finite number in (0, 1] (a small nudging), got {beta!r}")
+    if variant == "centered":
+        return -beta / 2.0, beta / 2.0
+    if variant in ("optimistic", "positive"):
+        return 0.0, beta
+    return -beta, 0.0
+
+
+@dataclass
+class Phase:
+    """One relaxation of the protocol: its nudging, whether θ is held, what is read afterwards."""
+
+    name: str
+    beta: float
+    parameters: str = "held"  # "held" (controllers on) or "released" (knobs frozen, θ floats)
+    read: tuple[str, ...] = ()
+    parameter_updates: int | None = None  # released θ: None = exact joint relaxation, 1 = first-order
+
+    def __post_init__(self) -> None:
+        if self.parameters not in ("held", "released"):
+            raise ConfigError(f"phase {self.name!r}: parameters must be 'held' or 'released', got {self.parameters!r}")
+        bad = set(self.read) - set(READS)
+        if bad:
+            raise ConfigError(f"phase {self.name!r}: unknown read-out(s) {sorted(bad)}; choose from {READS}")
+
+
+@dataclass
+class EnergyProbes:
+    """What to do to the device for one gradient: program θ (and ε), clamp, then the phases."""
+
+    phases: list[Phase]
+    params: dict[str, torch.Tensor]
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    betas: tuple[float, float]
+    epsilon: dict[str, float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.phases)
+
+
+def run_phases(device: EnergyDevice, probes: EnergyProbes) -> list[dict]:
+    """Play ``probes`` on ``device``; one dict of read-outs (plus ``"report"``) per phase.
+
+    Each phase starts from where the previous one left the states (a nudging is switched, the
+    device settles again), as a physical device would.
+    """
+    device.hold_parameters()
+    device.set_parameters(probes.params)
+    if probes.epsilon is not None:
+        device.set_coupling(probes.epsilon)
+    device.clamp_inputs(probes.inputs)
+    device.set_target(probes.targets)
+    readers = {
+        "output": device.read_output,
+        "energy_gradient": device.measure_energy_gradient,
+        "parameters": device.read_parameters,
+    }
+    answers = []
+    for phase in probes.phases:
+        device.set_nudging(phase.beta)
+        if phase.parameters == "held":
+            device.hold_parameters()
+        else:
+            device.release_parameters()
+        answer: dict = {"report": device.relax(phase.parameter_updates) if phase.parameters == "released" else device.relax()}
+        for what in phase.read:
+            answer[what] = readers[what]()
+        answers.append(answer)
+    device.set_nudging(0.0)
+    device.hold_parameters()
+    return answers
+
+
+class EnergyMethod(GradientMethod):
+    """Shared part of EqProp and Aeqprop: nudging variants, the protocol, ``backward``."""
+
+    name = "energy-method"
+
+    def __init__(self, beta: float = 0.2, variant: str = "centered", seed: int = 0) -> None:
+        super().__init__("global", seed)
+        self.betas = nudging_pair(variant, beta)
+        self.beta = float(beta)
+        self.variant = variant
+        self.last_reports: list[RelaxationReport] = []
+
+    @abc.abstractmethod
+    def phases(self) -> list[Phase]:
+        """The relaxations of one gradient, in order."""
+
+    def epsilon_for(self, names: list[str]) -> dict[str, float] | None:
+        return None
+
+    def ask(self, theta: Mapping[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> EnergyProbes:
+        """The protocol for one gradient at ``theta`` on a batch ``(inputs, targets)``."""
+        if inputs.shape[0] != targets.shape[0]:
+            raise ShapeError(f"inputs carry {inputs.shape[0]} samples but targets {targets.shape[0]}")
+        params = {n: t.detach() for n, t in theta.items()}
+        return EnergyProbes(self.phases(), params, inputs.detach(), targets.detach(), self.betas, self.epsilon_for(list(params)))
+
+    def _answer(self, probes: EnergyProbes, answers: list[dict], what: str, beta: float) -> dict[str, torch.Tensor]:
+        for phase, answer in zip(probes.phases, answers):
+            if phase.beta == beta and what in answer:
+                return answer[what]
+        raise ShapeError(f"{self.name}: the answers hold no {what!r} read at nudging β={beta:g}")
+
+    def _check_answers(self, probes: EnergyProbes, answers: list[dict]) -> int:
+        if len(answers) != len(probes.phases):
+            raise ShapeError(f"{self.name}: tell expects {len(probes.phases)} answers (one per phase), got {len(answers)}")
+        return probes.inputs.shape[0]
+
+    @abc.abstractmethod
+    def tell(self, probes: EnergyProbes, answers: list[dict]) -> Estimate:
+        """Turn the read-outs into a gradient estimate."""
+
+    def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        layer = energy_model_of(model)
+        device = layer.device
+        params = layer.parameter_dict()
+        theta = {n: p.detach() for n, p in params.items()}
+        probes = self.ask(theta, x, y)
+        answers = run_phases(device, probes)  # the next protocol or forward pass reprograms θ
+        self.last_reports = [a["report"] for a in answers]
+        estimate = self.tell(probes, answers)
+        self._last_answers = answers
+        output = self._answer(probes, answers, "output", 0.0)
+        with torch.no_grad():
+            loss = loss_fn(output, y)
+        for name, p in params.items():
+            if p.requires_grad:
+                g = estimate.grads[name].to(p.dtype)
+                p.grad = g.clone() if p.grad is None else p.grad + g
+        return loss
+
+    @property
+    def last_sweeps(self) -> int:
+        """Relaxation sweeps of the last gradient (all phases)."""
+        return sum(r.sweeps for r in self.last_reports)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta={self.beta}, variant={self.variant!r})"
+
+
+class EqProp(EnergyMethod):
+    """Equilibrium Propagation: differences of measured ``∂E/∂θ`` between two nudged equilibria.
+
+    Parameters
+    ----------
+    beta:
+        Nudging strength in ``(0, 1]``.
+    variant:
+        ``"centered"`` (default; O(β²) bias), ``"positive"``/``"optimistic"`` or
+        ``"negative"``/``"pessimistic"`` (O(β) bias).
+    """
+
+    name = "eqprop"
+
+    def phases(self) -> list[Phase]:
+        b1, b2 = self.betas
+        free_reads = ("output", "energy_gradient") if 0.0 in (b1, b2) else ("output",)
+        out = [Phase("free", 0.0, "held", free_reads)]
+        for i, b in enumerate((b1, b2), start=1):
+            if b != 0.0:
+                out.append(Phase(f"nudged{i}", b, "held", ("energy_gradient",)))
+        return out
+
+    def tell(self, probes: EnergyProbes, answers: list[dict]) -> Estimate:
+        """``ĝ = [∂E/∂θ(s^β₂) − ∂E/∂θ(s^β₁)] / (β₂ − β₁)``."""
+        batch = self._check_answers(probes, answers)
+        b1, b2 = probes.betas
+        g1 = self._answer(probes, answers, "energy_gradient", b1)
+        g2 = self._answer(probes, answers, "energy_gradient", b2)
+        grads = {n: (g2[n] - g1[n]) / (b2 - b1) for n in probes.params}
+        return Estimate(grads, None, Cost(len(answers), len(answers) * batch))
+
+
+__all__ = ["EnergyMethod", "EnergyProbes", "EqProp", "Phase", "VARIANTS", "nudging_pair", "run_phases", "EnergyModel"]

@@ -1,0 +1,452 @@
+"""A device server: any :class:`~physgrad.systems.base.PhysicalSystem` behind a ZeroMQ endpoint.
+
+In a lab the device sits behind its own computer; training runs elsewhere. ``physgrad serve``
+(or :class:`DeviceServer`) puts the device's driver behind a network endpoint and
+:class:`~physgrad.systems.remote.RemoteSystem` talks to it, so every method and the trainer work
+over the wire unchanged. The wire format is :mod:`physgrad.systems.protocol` (versioned, typed
+arrays, no pickle); docs/devices/server.md documents it.
+
+The server is the device's guardian, so it trusts no client:
+
+* it binds to loopback unless ``allow_remote=True`` (then protect the link: SSH tunnel or VPN);
+* every request must carry the shared token, compared in constant time (``hmac.compare_digest``);
+  the token is never logged or echoed;
+* ZeroMQ's ``MAXMSGSIZE`` drops oversized frames at the transport; :class:`~protocol.Limits` bound
+  the header, the arrays, their dimensions and the probes per command, and a reply must fit too;
+* every command is checked against the device's declared schema, its safe ranges (in the device's
+  float32, refusing — never clipping), its input range and its ramp limits *before* the device is
+  touched; a failing check is answered with an error and nothing reaches the device;
+* one request is handled at a time with bounded work; a ROUTER socket fair-queues requests
+  across clients, so a client that floods or sends garbage delays others by at most its turn,
+  and no request can raise out of the loop.
+
+**Ramp limits.** A device may declare a maximum change per command for each parameter
+(``max_step``, e.g. volts per command for a fragile electrode). The server tracks the device's
+current setting (its defaults at start) and refuses any command whose settings, applied in probe
+order, move a parameter further than its ``max_step`` in one step; the client inserts ``ramp``
+waypoints (:class:`~physgrad.systems.remote.RemoteSystem`). After a failed ``measure`` the device
+is assumed to be at the command's last setting (drivers apply probes in order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import zmq
+
+from ..errors import ConfigError, PhysgradError, RangeError, ShapeError
+from .base import PhysicalSystem
+from .protocol import (
+    OPS, VERSION, AuthenticationError, Limits, ProtocolError, decode, encode, error_reply,
+)
+
+log = logging.getLogger(__name__)
+
+DEVICE_DTYPE = torch.float32
+MIN_TOKEN_CHARS = 16
+REQUEST_KEYS = {"id", "op", "token"}
+TOKEN_ENV = "PHYSGRAD_TOKEN"
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ endpoint stays on this machine (tcp to loopback, ipc, inproc)."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    m = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+|\*)", address)
+    if not m:
+        return False
+    host = m.group(1)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DeviceServer:
+    """Serve ``system`` at ``address`` to clients holding ``token`` (see the module docstring).
+
+    Parameters
+    ----------
+    system:
+        The device (a lab's driver subclassing ``PhysicalSystem``, or a simulator).
+    token:
+        The shared secret (at least 16 characters).
+    address:
+        ZeroMQ endpoint; ``tcp://127.0.0.1:*`` picks a free port (see :attr:`address`).
+    max_step:
+        Ramp limit per parameter (``{name: step}``) or one for all; default: the system's own
+        ``max_step`` attribute if it has one, else none.
+    limits:
+        Message limits (:class:`~physgrad.systems.protocol.Limits`).
+    allow_remote:
+        Permit a non-loopback address.
+    """
+
+    def __init__(
+        self,
+        system: PhysicalSystem,
+        token: str,
+        address: str = "tcp://127.0.0.1:5555",
+        *,
+        max_step: Mapping[str, float] | float | None = None,
+        limits: Limits = Limits(),
+        allow_remote: bool = False,
+    ) -> None:
+        if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS:
+            raise ConfigError(f"the server token must be a string of at least {MIN_TOKEN_CHARS} characters")
+        if not allow_remote and not is_loopback(address):
+            raise ConfigError(f"refusing to bind {address!r}: not a loopback address (pass allow_remote=True deliberately)")
+        self.system = system
+        self._token = token.encode("utf-8")
+        self.limits = limits
+        self.max_step = _max_steps(system, getattr(system, "max_step", None) if max_step is None else max_step)
+        self.current = {n: v.to(DEVICE_DTYPE) for n, v in system.initial_parameters().items()}
+        self.stats = {"requests": 0, "ok": 0, "errors": 0, "unauthorized": 0, "device_calls": 0}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + 64)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 1000)
+        self._socket.setsockopt(zmq.SNDHWM, 1000)
+        self._socket.bind(address)
+        self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("device server for %s listening on %s", type(system).__name__, self.address)
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"DeviceServer({type(self.system).__name__}, address={self.address!r})"
+
+    # ------------------------------------------------------------------ the loop
+    def serve(self, *, max_requests: int | None = None, duration: float | None = None, poll_ms: int = 100) -> None:
+        """Answer requests until :meth:`stop`, ``max_requests`` handled or ``duration`` seconds passed."""
+        deadline = None if duration is None else time.monotonic() + duration
+        handled = 0
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if max_requests is not None and handled >= max_requests:
+                break
+            if not poller.poll(poll_ms):
+                continue
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            handled += 1
+            reply_frames = self._route(frames)
+            if reply_frames is not None:
+                try:
+                    self._socket.send_multipart(reply_frames, zmq.NOBLOCK)
+                except zmq.ZMQError as e:  # the peer is gone or not reading: drop its reply
+                    log.info("reply dropped (%s)", e)
+
+    def start(self) -> "DeviceServer":
+        """Serve in a background thread (for tests and in-process use)."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        threads = torch.get_num_threads()
+
+        def run() -> None:
+            torch.set_num_threads(threads)  # OpenMP settings are per thread: keep the caller's
+            self.serve()
+
+        self._thread = threading.Thread(target=run, name="physgrad-device-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._socket.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> "DeviceServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _route(self, frames: list[bytes]) -> list[bytes] | None:
+        """Split the ROUTER envelope: DEALER ``[id, msg]`` or REQ ``[id, b"", msg]``."""
+        if len(frames) == 2:
+            return [frames[0], self.handle(frames[1])]
+        if len(frames) == 3 and frames[1] == b"":
+            return [frames[0], b"", self.handle(frames[2])]
+        if not frames:
+            return None
+        self.stats["requests"] += 1
+        self.stats["errors"] += 1
+        return [frames[0], error_reply(None, "ProtocolError", "a request is exactly one frame")]
+
+    # ------------------------------------------------------------------ one request
+    def handle(self, message: bytes) -> bytes:
+        """The reply to one request message. Never raises (any failure becomes an error reply)."""
+        with self._lock:
+            self.stats["requests"] += 1
+            request_id = None
+            try:
+                if len(message) > self.limits.max_message_bytes:
+                    raise ProtocolError(f"message of {len(message)} bytes exceeds the limit of {self.limits.max_message_bytes}")
+                header, arrays = decode(message, self.limits)
+                request_id = header.get("id")
+                self._authorise(header)
+                reply = self._dispatch(header, arrays)
+                self.stats["ok"] += 1
+                return reply
+            except AuthenticationError as e:
+                self.stats["unauthorized"] += 1
+                self.stats["errors"] += 1
+                log.warning("request refused: %s", e)
+                return error_reply(request_id, e)
+            except Exception as e:  # noqa: BLE001 - a bad request or a device failure must never stop the server
+                self.stats["errors"] += 1
+                if not isinstance(e, PhysgradError):
+                    log.warning("request failed with %s: %s", type(e).__name__, e)
+                else:
+                    log.info("request refused: %s: %s", type(e).__name__, e)
+                return error_reply(request_id, e)
+
+    def _authorise(self, header: dict) -> None:
+        given = header.get("token")
+        given = given.encode("utf-8", "surrogatepass") if isinstance(given, str) else b""
+        if not hmac.compare_digest(given, self._token):
+            raise AuthenticationError("missing or wrong token")
+
+    def _dispatch(self, header: dict, arrays: dict[str, torch.Tensor]) -> bytes:
+        extra = set(header) - REQUEST_KEYS
+        if extra:
+            raise ProtocolError(f"unknown header key(s) {sorted(extra)}")
+        request_id = header.get("id")
+        if not (isinstance(request_id, int) and not isinstance(request_id, bool) and 0 <= request_id < 2**53):
+            raise ProtocolError("'id' must be an integer in [0, 2**53)")
+        op = header.get("op")
+        if op not in OPS:
+            raise ProtocolError(f"unknown op {op!r}; the server knows {list(OPS)}")
+        if op in ("describe", "state", "ping") and arrays:
+            raise ProtocolError(f"{op!r} takes no arrays")
+        if op == "ping":
+            return encode({"id": request_id, "ok": True})
+        if op == "describe":
+            head, arrs = self.describe()
+            return encode({"id": request_id, "ok": True, **head}, arrs)
+        if op == "state":
+            return encode({"id": request_id, "ok": True}, {f"param.{n}": v for n, v in self.current.items()})
+        if op == "ramp":
+            settings = self._settings(arrays, allow_inputs=False)
+            self._check_ramp(settings)
+            apply = getattr(self.system, "apply_settings", None)
+            if apply is not None:
+                self.stats["device_calls"] += 1
+                apply(settings)
+            self.current = {n: v[-1].clone() for n, v in settings.items()}
+            return encode({"id": request_id, "ok": True})
+        return self._measure(request_id, arrays)
+
+    def describe(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The device's schema: shapes, parameters with safe ranges and ramp limits, server limits."""
+        s = self.system
+        params = [{"name": n, "shape": list(spec.shape), "unit": spec.unit, "max_step": self.max_step.get(n)}
+                  for n, spec in s.parameter_specs.items()]
+        arrays: dict[str, torch.Tensor] = {}
+        for n, spec in s.parameter_specs.items():
+            low, high = spec.bounds(DEVICE_DTYPE)
+            arrays[f"low.{n}"], arrays[f"high.{n}"] = low, high
+            arrays[f"default.{n}"] = spec.default_tensor(DEVICE_DTYPE)
+        if s.input_range is not None:
+            arrays["input_range"] = torch.tensor(s.input_range, dtype=torch.float64)
+        head = {
+            "protocol": VERSION,
+            "device": {"name": type(s).__name__, "input_shape": list(s.input_shape), "output_shape": list(s.output_shape),
+                       "seconds_per_query": s.seconds_per_query, "parameters": params},
+            "limits": {"max_message_bytes": self.limits.max_message_bytes, "max_probes": self.limits.max_probes},
+        }
+        return head, arrays
+
+    # ------------------------------------------------------------------ validation
+    def _settings(self, arrays: dict[str, torch.Tensor], allow_inputs: bool) -> dict[str, torch.Tensor]:
+        """``{name: [K, *shape]}`` in the device dtype, every value finite and inside its safe range."""
+        specs = self.system.parameter_specs
+        expected = {f"param.{n}" for n in specs} | ({"inputs"} if allow_inputs else set())
+        if set(arrays) != expected:
+            raise ShapeError(f"arrays {sorted(arrays)} do not match the device's schema {sorted(expected)}")
+        settings, k = {}, None
+        for n, spec in specs.items():
+            value = arrays[f"param.{n}"]
+            if value.dim() != len(spec.shape) + 1 or tuple(value.shape[1:]) != spec.shape:
+                raise ShapeError(f"parameter {n!r}: expected [K, *{list(spec.shape)}], got {list(value.shape)}")
+            if k is None:
+                k = value.shape[0]
+            elif value.shape[0] != k:
+                raise ShapeError(f"parameter {n!r} has {value.shape[0]} settings, others have {k}")
+            value = value.to(DEVICE_DTYPE)
+            if not torch.isfinite(value).all():
+                raise RangeError(f"parameter {n!r}: non-finite value(s); refused, nothing reached the device")
+            low, high = spec.bounds(DEVICE_DTYPE)
+            if ((value < low) | (value > high)).any():
+                raise RangeError(f"parameter {n!r}: value(s) outside the safe range; refused, nothing reached the device")
+            settings[n] = value
+        if k is not None and not 1 <= k <= self.limits.max_probes:
+            raise ShapeError(f"{k} settings in one command; the server accepts 1..{self.limits.max_probes}")
+        return settings
+
+    def _check_ramp(self, settings: dict[str, torch.Tensor]) -> None:
+        """Refuse any step (from the current setting, then probe to probe) larger than ``max_step``."""
+        for n, step in self.max_step.items():
+            seq = torch.cat([self.current[n].unsqueeze(0), settings[n]]).double()
+            a, b = seq[:-1], seq[1:]
+            tol = torch.finfo(DEVICE_DTYPE).eps * (a.abs() + b.abs())
+            if ((b - a).abs() > step + tol).any():
+                worst = float((b - a).abs().max())
+                raise RangeError(
+                    f"parameter {n!r}: a step of {worst:.4g} exceeds the ramp limit {step:.4g} per command; "
+                    "refused, nothing reached the device (ramp with 'ramp' waypoints)"
+                )
+
+    def _measure(self, request_id: int, arrays: dict[str, torch.Tensor]) -> bytes:
+        s = self.system
+        settings = self._settings(arrays, allow_inputs=True)
+        inputs = arrays["inputs"].to(DEVICE_DTYPE)
+        n_in = len(s.input_shape)
+        if inputs.dim() not in (n_in + 1, n_in + 2) or tuple(inputs.shape[inputs.dim() - n_in:]) != s.input_shape:
+            raise ShapeError(f"inputs must be [B, *{list(s.input_shape)}] or [K, B, *{list(s.input_shape)}], got {list(inputs.shape)}")
+        k = next(iter(settings.values())).shape[0] if settings else (inputs.shape[0] if inputs.dim() == n_in + 2 else 1)
+        if inputs.dim() == n_in + 2 and inputs.shape[0] != k:
+            raise ShapeError(f"inputs carry {inputs.shape[0]} probes but the settings carry {k}")
+        b = inputs.shape[-n_in - 1]
+        if not 1 <= k <= self.limits.max_probes or b < 1:
+            raise ShapeError(f"need 1..{self.limits.max_probes} probes and a batch of at least 1, got {k} and {b}")
+        reply_bytes = k * b * math.prod(s.output_shape) * 4
+        if reply_bytes > self.limits.max_message_bytes - 4096:
+            raise ShapeError(f"the answer would need {reply_bytes} bytes, over the message limit; send fewer probes")
+        if not torch.isfinite(inputs).all():
+            raise RangeError("inputs: non-finite value(s); refused, nothing reached the device")
+        if s.input_range is not None:
+            lo, hi = s.input_range
+            if ((inputs < lo) | (inputs > hi)).any():
+                raise RangeError(f"inputs: value(s) outside the input range [{lo}, {hi}]; refused, nothing reached the device")
+        self._check_ramp(settings)
+        self.stats["device_calls"] += 1
+        try:
+            out = s.measure(settings, inputs)
+        finally:
+            if settings:
+                self.current = {n: v[-1].clone() for n, v in settings.items()}
+        return encode({"id": request_id, "ok": True, "queries": k, "samples": k * b}, {"outputs": out.to(DEVICE_DTYPE)})
+
+
+def _max_steps(system: PhysicalSystem, max_step) -> dict[str, float]:
+    if max_step is None:
+        return {}
+    names = list(system.parameter_specs)
+    steps = dict(max_step) if isinstance(max_step, Mapping) else {n: max_step for n in names}
+    unknown = set(steps) - set(names)
+    if unknown:
+        raise ConfigError(f"max_step names unknown parameter(s) {sorted(unknown)}; the device has {names}")
+    for n, v in steps.items():
+        if not (isinstance(v, (int, float)) and 0 < v < math.inf):
+            raise ConfigError(f"max_step for {n!r} must be a finite number > 0, got {v!r}")
+    return {n: float(v) for n, v in steps.items()}
+
+
+# ---------------------------------------------------------------------------------- command line
+def build_device(name: str, seed: int = 0) -> PhysicalSystem:
+    """A simulated device by name: ``reservoir`` (the demo's 32→256), ``dnpu`` (synthetic), ``mlp``."""
+    if name == "reservoir":
+        from .reservoir import RandomReservoir
+
+        return RandomReservoir(32, 256, seed=seed)
+    if name == "dnpu":
+        from .dnpu import load_dnpu
+
+        return load_dnpu(None)
+    if name == "mlp":
+        from .blackbox import BlackBox
+
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+        return BlackBox(net, (7,), ranges={n: (-2.0, 2.0) for n, _ in net.named_parameters()}, differentiable=False)
+    raise ConfigError(f"unknown device {name!r}; choose reservoir, dnpu or mlp")
+
+
+DEVICES = ("reservoir", "dnpu", "mlp")
+
+
+def read_or_create_token(path: str | os.PathLike | None) -> str:
+    """The token from ``path`` (created with a fresh random token, mode 0600, if missing) or $PHYSGRAD_TOKEN."""
+    if path is None:
+        token = os.environ.get(TOKEN_ENV)
+        if not token:
+            raise ConfigError(f"give --token-file or set ${TOKEN_ENV}")
+        return token
+    path = Path(path)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        print(f"wrote a new random token to {path} (mode 0600); give this file to the clients")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``physgrad serve``."""
+    parser.add_argument("--device", choices=DEVICES, default="reservoir", help="simulated device to serve")
+    parser.add_argument("--address", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (loopback by default)")
+    parser.add_argument("--token-file", type=Path, default=None, help=f"shared token file (created if missing); else ${TOKEN_ENV}")
+    parser.add_argument("--max-step", type=float, default=None, help="ramp limit: largest change of any parameter per command")
+    parser.add_argument("--faults", type=float, default=0.0, help="inject every kind of fault at this rate (testing)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument("--allow-remote", action="store_true", help="permit a non-loopback address (protect the link yourself)")
+
+
+def serve_from_args(args: argparse.Namespace) -> None:
+    """Run ``physgrad serve`` with parsed options."""
+    device = build_device(args.device, args.seed)
+    if args.faults:
+        from .faults import FaultInjector
+
+        device = FaultInjector.uniform(device, args.faults, seed=args.seed)
+    token = read_or_create_token(args.token_file)
+    server = DeviceServer(device, token, args.address, max_step=args.max_step, allow_remote=args.allow_remote)
+    print(f"serving {args.device} at {server.address} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve(duration=args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        print(f"server stopped: {server.stats}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m physgrad.systems.server", description="Serve a simulated device.")
+    add_arguments(parser)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    serve_from_args(args)
+
+
+if __name__ == "__main__":
+    main()

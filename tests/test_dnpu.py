@@ -1,0 +1,216 @@
+"""Tests of physgrad.systems.dnpu: the DNPU surrogate, its loaders and the built-in synthetic device."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from physgrad.errors import ConfigError, DataNotFoundError, RangeError
+from physgrad.systems import DNPU, load_dnpu, time_domain_dnpu
+from physgrad.systems.dnpu import shared_surrogates
+
+SHARED = shared_surrogates()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def relu_layers(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(16, 7), (16, 16), (1, 16)]
+    return [torch.randn(s, generator=g) for s in shapes], [torch.randn(s[0], generator=g) * 0.1 for s in shapes]
+
+
+VMIN = [-1.2, -1.2, -1.2, -1.2, -1.2, -0.7, -0.7]
+VMAX = [0.6, 0.6, 0.6, 0.6, 0.6, 0.3, 0.3]
+
+
+def write_npz(path, weights, biases, **meta_extra):
+    meta = {"electrodes": [f"ao{i}" for i in range(7)], "voltage_min": VMIN, "voltage_max": VMAX,
+            "amplification": 100.0, "activation": "relu", **meta_extra}
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        arrays[f"weight{i}"], arrays[f"bias{i}"] = w.numpy(), b.numpy()
+    np.savez(path, **arrays)
+
+
+def reference(weights, biases, v):
+    h = v
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        h = h @ w.T + b
+        if i < len(weights) - 1:
+            h = torch.relu(h)
+    return 100.0 * h
+
+
+def random_voltages(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = torch.tensor(VMIN), torch.tensor(VMAX)
+    return lo + (hi - lo) * torch.rand(n, 7, generator=g)
+
+
+def test_npz_loader_matches_the_format(tmp_path):
+    w, b = relu_layers()
+    write_npz(tmp_path / "dev.npz", w, b)
+    dnpu = DNPU.from_npz(tmp_path / "dev.npz", input_electrodes=(1, 5))
+    v = random_voltages(64)
+    x, c = v[:, [1, 5]], v[:, [0, 2, 3, 4, 6]]
+    out = dnpu.response({"controls": c[:1]}, x.unsqueeze(0))  # one control setting, 64 inputs
+    expected = reference(w, b, torch.stack([c[0, 0].expand(64), x[:, 0], c[0, 1].expand(64), c[0, 2].expand(64),
+                                            c[0, 3].expand(64), x[:, 1], c[0, 4].expand(64)], 1))
+    assert torch.allclose(out[0], expected, atol=1e-4)
+    assert dnpu.input_electrodes == [1, 5] and dnpu.control_electrodes == [0, 2, 3, 4, 6]
+    low, high = dnpu.parameter_bounds()["controls"]
+    assert torch.allclose(low, torch.tensor([-1.2, -1.2, -1.2, -1.2, -0.7]))
+    assert torch.allclose(high, torch.tensor([0.6, 0.6, 0.6, 0.6, 0.3]))
+
+
+def brainspy_checkpoint(path, weights, biases, numpy_info=False):
+    state = {f"raw_model.{2 * i}.weight": w for i, w in enumerate(weights)}
+    state.update({f"raw_model.{2 * i}.bias": b for i, b in enumerate(biases)})
+    if numpy_info:  # the older info layout, with numpy arrays
+        info = {"data_info": {"input_data": {"offset": (np.array(VMIN) + np.array(VMAX)) / 2,
+                                             "amplitude": (np.array(VMAX) - np.array(VMIN)) / 2},
+                              "processor": {"driver": {"amplification": np.array([100.0])}}}}
+        torch.save({**state, "info": info}, path)
+    else:
+        info = {"electrode_info": {"activation_electrodes": {"electrode_no": 7, "voltage_ranges": [[a, b] for a, b in zip(VMIN, VMAX)]},
+                                   "output_electrodes": {"electrode_no": 1, "amplification": [100.0]}},
+                "model_structure": {"activation": "relu", "hidden_sizes": [16, 16]}}
+        torch.save({"info": info, "model_state_dict": state}, path)
+
+
+@pytest.mark.parametrize("numpy_info", [False, True])
+def test_brainspy_checkpoint_loader(tmp_path, numpy_info):
+    w, b = relu_layers(1)
+    brainspy_checkpoint(tmp_path / "model.pt", w, b, numpy_info)
+    dnpu = DNPU.load(tmp_path / "model.pt")
+    write_npz(tmp_path / "same.npz", w, b)
+    twin = DNPU.load(tmp_path / "same.npz")
+    v = random_voltages(32, 2)
+    x = v[:, [3, 4]]
+    c = v[0, [0, 1, 2, 5, 6]]
+    assert torch.allclose(dnpu.measure({"controls": c}, x), twin.measure({"controls": c}, x), atol=1e-5)
+    assert torch.allclose(dnpu.voltage_min, torch.tensor(VMIN), atol=1e-6)
+
+
+def test_checkpoint_without_ranges_needs_them_given(tmp_path):
+    w, b = relu_layers()
+    torch.save({f"net.{i}.weight": wi for i, wi in enumerate(w)} | {f"net.{i}.bias": bi for i, bi in enumerate(b)}, tmp_path / "bare.pt")
+    with pytest.raises(ConfigError, match="voltage ranges"):
+        DNPU.from_checkpoint(tmp_path / "bare.pt")
+    dnpu = DNPU.from_checkpoint(tmp_path / "bare.pt", voltage_min=VMIN, voltage_max=VMAX, amplification=100.0)
+    assert len(dnpu.weights) == 3
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_missing_and_corrupt_files_give_clear_errors(tmp_path):
+    with pytest.raises(DataNotFoundError, match="not found"):
+        DNPU.load(tmp_path / "nowhere.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip archive at all")
+    with pytest.raises(ConfigError, match="corrupt"):
+        DNPU.load(tmp_path / "junk.npz")
+    np.savez(tmp_path / "nometa.npz", weight0=np.zeros((1, 7)), bias0=np.zeros(1))
+    with pytest.raises(ConfigError, match="'meta'"):
+        DNPU.load(tmp_path / "nometa.npz")
+    w, b = relu_layers()
+    w[1] = torch.zeros(16, 5)
+    write_npz(tmp_path / "shapes.npz", w, b)
+    with pytest.raises(ConfigError, match="layer 1"):
+        DNPU.load(tmp_path / "shapes.npz")
+    w, b = relu_layers()
+    w[0][0, 0] = float("nan")
+    write_npz(tmp_path / "nan.npz", w, b)
+    with pytest.raises(ConfigError, match="NaN"):
+        DNPU.load(tmp_path / "nan.npz")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(ConfigError, match="corrupt|weights only"):
+        DNPU.load(tmp_path / "junk.pt")
+    with open(tmp_path / "evil.pt", "wb") as f:
+        torch.save({"x": _Evil()}, f)
+    with pytest.raises(ConfigError, match="weights only"):
+        DNPU.load(tmp_path / "evil.pt")
+    with pytest.raises(ConfigError, match="format"):
+        DNPU.load(tmp_path / "x.onnx")
+
+
+def test_synthetic_is_seeded_smooth_saturating_and_scaled_like_the_real_surrogates():
+    a, b = DNPU.synthetic(0), DNPU.synthetic(0)
+    v = random_voltages(4000, 5)
+    assert torch.equal(a.net(v), b.net(v))
+    assert not torch.equal(a.net(v), DNPU.synthetic(1).net(v))
+    v.requires_grad_(True)
+    out = a.net(v)
+    (g,) = torch.autograd.grad(out.sum(), v)
+    q = torch.quantile(out.detach().reshape(-1), torch.tensor([0.01, 0.25, 0.5, 0.75, 0.99]))
+    assert -400 < float(q[0]) < -10 and float(q[4]) > 5  # tails of tens to hundreds of nA
+    assert float(q[3] - q[1]) < 20  # most outputs near zero, as measured devices are
+    assert 1.0 < float(g.abs().median()) < 50.0  # slopes of a few to tens of nA/V
+    assert float(a.net(torch.full((1, 7), 50.0)).abs()) <= 300.0  # saturates
+    # smooth: second differences along a line are small compared with the first
+    line = torch.linspace(-1.2, 0.6, 401)
+    vv = torch.zeros(401, 7)
+    vv[:, 3] = line
+    y = a.net(vv).reshape(-1).double()
+    assert float(y.diff().diff().abs().max()) < 0.05 * float(y.diff().abs().max()) + 1e-3
+
+
+def test_simulate_is_differentiable_and_measure_is_not():
+    dnpu = DNPU.synthetic(0)
+    c = dnpu.initial_parameters()["controls"].requires_grad_(True)
+    x = torch.tensor([[-0.5, 0.1]])
+    out = dnpu.simulate({"controls": c}, x)
+    (g,) = torch.autograd.grad(out.sum(), c)
+    h = 1e-3
+    fd = torch.stack([(dnpu.net(dnpu.electrode_voltages((c.detach() + h * e).unsqueeze(0), x.unsqueeze(0)))
+                       - dnpu.net(dnpu.electrode_voltages((c.detach() - h * e).unsqueeze(0), x.unsqueeze(0)))).sum() / (2 * h)
+                      for e in torch.eye(5)])
+    assert torch.allclose(g, fd, rtol=1e-2, atol=1e-2)
+    assert not dnpu.measure({"controls": c}, x).requires_grad
+
+
+def test_per_electrode_input_ranges_are_guarded():
+    dnpu = DNPU.synthetic(0, input_electrodes=(3, 5), guard="refuse")
+    low, high = dnpu.input_bounds()
+    assert torch.allclose(low, torch.tensor([-1.2, -0.7])) and torch.allclose(high, torch.tensor([0.6, 0.3]))
+    c = dnpu.initial_parameters()
+    dnpu.measure(c, torch.tensor([[0.6, 0.3]]))
+    with pytest.raises(RangeError, match="inputs"):
+        dnpu.measure(c, torch.tensor([[0.5, 0.4]]))  # fine for electrode 3, out of range for electrode 5
+    clip = DNPU.synthetic(0, input_electrodes=(3, 5))
+    assert torch.allclose(clip.measure(c, torch.tensor([[0.5, 0.4]])), clip.measure(c, torch.tensor([[0.5, 0.3]])))
+
+
+@pytest.mark.parametrize("bad, match", [((7,), "distinct indices"), ((1, 1), "distinct"), (tuple(range(7)), "control")])
+def test_bad_electrode_assignment(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        DNPU.synthetic(0, input_electrodes=bad)
+
+
+@pytest.mark.parametrize("path", SHARED, ids=[p.stem for p in SHARED])
+def test_shared_real_surrogates_load_and_behave(path):
+    dnpu = load_dnpu(path)
+    assert len(dnpu.weights) >= 2 and dnpu.amplification > 0
+    v = random_voltages(256)
+    out = dnpu.net(v)
+    assert out.shape == (256, 1) and torch.isfinite(out).all()
+    assert float(out.abs().max()) > 1.0
+    dev = time_domain_dnpu(dnpu)
+    assert dev.measure(dev.initial_parameters(), torch.zeros(2, 2) - 0.3).shape == (1, 2, 1)
+
+
+def test_time_domain_dnpu_defaults_follow_the_paper():
+    dev = time_domain_dnpu()
+    assert dev.td_noise.white_psd == 1e-5 and dev.fs == 10_000.0
+    assert dev.adc_step == pytest.approx(2000.0 / 2 ** 16)
+    assert isinstance(dev.static, DNPU)

@@ -1,0 +1,310 @@
+"""Tests of physgrad.methods.hge: homodyne gradient extraction against exact autograd gradients."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from physgrad.cost import Cost
+from physgrad.errors import ConfigError, MeasurementError, RangeError
+from physgrad.methods import HGE, Backprop, plan_frequencies
+from physgrad.methods.hge import _lockin, check_frequencies, mixing_collisions
+from physgrad.models import PhysicalLayer
+from physgrad.systems import DNPU, RandomReservoir, TimeDomainDevice, TimeDomainNoise, time_domain_dnpu
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def device(noise=1e-5, **kwargs):
+    opts = dict(fs=2000.0, bandwidth_hz=400.0, delay_s=5e-4, white_psd=noise, seed=1)
+    opts.update(kwargs)
+    return time_domain_dnpu(None, **opts)
+
+
+def settings_of(dnpu, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = dnpu.voltage_min + (dnpu.voltage_max - dnpu.voltage_min) * (0.1 + 0.8 * torch.rand(n, 7, generator=g))
+    return v[:, dnpu.control_electrodes], v[:, dnpu.input_electrodes].unsqueeze(1)
+
+
+def exact(dnpu, c, x):
+    c = c.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(dnpu.net(dnpu.electrode_voltages(c.unsqueeze(0), x.unsqueeze(0))).sum(), c)
+    return g
+
+
+def estimate(method, dev, c, x):
+    probes = method.ask({"controls": c}, x, system=dev)
+    return method.tell(probes, dev.measure_waveform(probes.params, probes.inputs), torch.ones(1, 1))
+
+
+def cosine(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+# ------------------------------------------------------------------------------ frequency plan
+def test_planned_frequencies_have_no_mixing_collisions():
+    for order in (2, 3):
+        freqs = plan_frequencies(6, 2000.0, 0.1, order=order)
+        bins = [round(f * 0.1) for f in freqs]
+        # brute force, independent of the planner: every integer combination with 2 <= sum|n| <= order
+        n = torch.cartesian_prod(*[torch.arange(-order, order + 1)] * len(bins))
+        l1, values = n.abs().sum(1), (n * torch.tensor(bins)).sum(1).abs()
+        for i, k in enumerate(bins):
+            itself = (n.abs().sum(1) == n[:, i].abs()) & (n[:, i].abs() == 1)
+            hits = (l1 >= 2) & (l1 <= order) & (values == k) & ~itself
+            assert not bool(hits.any()), f"order {order}: {n[hits][0].tolist()} lands on channel {i}"
+        assert min(freqs) >= 100.0  # at least 10 cycles of the slowest in the window
+
+
+def test_odd_multiples_are_free_of_second_order_products():
+    freqs = [40.0 * m for m in (5, 9, 13, 19, 23)]  # the authors' plan
+    check_frequencies(freqs, 10_000.0, 0.1, order=2)
+    assert mixing_collisions([4 * m for m in (5, 9, 13, 19, 23)], 3)  # but third order does collide (2·9 − 13 = 5)
+    planned = plan_frequencies(5, 10_000.0, 0.1, spacing=40.0, f_min=200.0, odd=True)
+    assert all(round(f / 40.0) % 2 == 1 for f in planned)
+
+
+@pytest.mark.parametrize(
+    "freqs, fs, window, kw, match",
+    [
+        ([600.0], 1000.0, 0.1, {}, "Nyquist"),
+        ([300.0], 2000.0, 0.1, dict(f_max=200.0), "bandwidth"),
+        ([105.0], 2000.0, 0.1, {}, "whole number"),
+        ([100.0, 200.0], 2000.0, 0.1, {}, "mixing product"),
+        ([100.0, 100.0], 2000.0, 0.1, {}, "repeat"),
+        ([100.0], 2000.0, 0.10025, {}, "whole number"),
+    ],
+)
+def test_bad_frequency_plans_are_reported(freqs, fs, window, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        check_frequencies(freqs, fs, window, **kw)
+
+
+def test_impossible_plan_is_reported():
+    with pytest.raises(ConfigError, match="no frequency plan"):
+        plan_frequencies(20, 1000.0, 0.05, f_max=400.0, order=3)
+    with pytest.raises(ConfigError, match="whole number of cycles"):
+        plan_frequencies(3, 1000.0, 0.1, spacing=15.0)
+    hge = HGE(0.1, frequencies=[100.0, 150.0])
+    with pytest.raises(ConfigError, match="frequencies given"):
+        hge.ask({"controls": torch.zeros(5)}, torch.zeros(1, 2), system=device())
+
+
+# ------------------------------------------------------------------------------ demodulation
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 3), st.floats(-math.pi, math.pi)), min_size=4, max_size=4), st.integers(0, 50))
+def test_demodulation_is_orthogonal_and_iq_equals_fft(tones, offset):
+    fs, n = 1000.0, 500
+    bins = [11, 12, 13, 14]
+    freqs = torch.tensor([[k * fs / n for k in bins]], dtype=torch.float64)
+    t0 = torch.tensor([offset / fs], dtype=torch.float64)
+    t = t0 + torch.arange(n, dtype=torch.float64) / fs
+    y = 5.0 + sum(a * torch.sin(2 * math.pi * f * t + p) for (a, p), f in zip(tones, freqs[0]))
+    y = y + 0.7 * torch.sin(2 * math.pi * 7 * fs / n * t)  # a tone on another bin must not leak
+    iq = _lockin(y.reshape(1, n, 1), freqs, t0, fs, "iq")[0, 0]
+    fft = _lockin(y.reshape(1, n, 1), freqs, t0, fs, "fft")[0, 0]
+    want = torch.tensor([a / 2 * complex(math.cos(p), math.sin(p)) for a, p in tones], dtype=torch.complex128)
+    assert torch.allclose(iq, want, atol=1e-9) and torch.allclose(fft, want, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ fidelity
+def test_gradient_matches_autograd_at_the_paper_noise_level():
+    dev = device()
+    hge = HGE(0.1)
+    c, x = settings_of(dev.static, 12)
+    cos = [cosine(estimate(hge, dev, ci, xi).grads["controls"], exact(dev.static, ci, xi)) for ci, xi in zip(c, x)]
+    assert float(torch.tensor(cos).median()) > 0.99
+
+
+def test_noise_error_falls_as_one_over_sqrt_window():
+    c, x = settings_of(DNPU.synthetic(0), 6, seed=3)
+    errors = {}
+    for w in (0.05, 0.2):
+        noisy, quiet = device(noise=1e-3), device(noise=0.0)
+        fixed = dict(phase="none", spacing=20.0, f_min=100.0)
+        diffs = [
+            (estimate(HGE(w, **fixed), noisy, ci, xi).grads["controls"]
+             - estimate(HGE(w, **fixed), quiet, ci, xi).grads["controls"]).norm()
+            for ci, xi in zip(c, x)
+        ]
+        errors[w] = float(torch.stack(diffs).pow(2).mean().sqrt())
+    assert errors[0.05] / errors[0.2] == pytest.approx(2.0, rel=0.3)
+
+
+def test_phase_calibration_recovers_the_device_transfer_and_fixes_the_lag():
+    dev = device(noise=1e-6, bandwidth_hz=150.0, delay_s=2e-3)
+    hge = HGE(0.1)
+    freqs = [100.0, 110.0, 120.0]
+    h = hge.calibrate(dev, freqs=freqs)
+    nominal = dev.transfer(torch.tensor(freqs))
+    assert torch.allclose(h, nominal, atol=0.03)
+    c, x = settings_of(dev.static, 4, seed=1)
+    g_cal = torch.stack([estimate(hge, dev, ci, xi).grads["controls"] for ci, xi in zip(c, x)])
+    g_raw = torch.stack([estimate(HGE(0.1, phase="none"), dev, ci, xi).grads["controls"] for ci, xi in zip(c, x)])
+    g_true = torch.stack([exact(dev.static, ci, xi) for ci, xi in zip(c, x)])
+    err_cal = float((g_cal - g_true).norm() / g_true.norm())
+    err_raw = float((g_raw - g_true).norm() / g_true.norm())
+    assert err_cal < 0.1 < err_raw  # a 2 ms delay and a 150 Hz pole: the raw in-phase part is badly off
+
+
+def test_sign_from_phase_and_sequential_mode_agree_with_parallel():
+    dev = device()
+    c, x = settings_of(dev.static, 4, seed=2)
+    for ci, xi in zip(c, x):
+        truth = exact(dev.static, ci, xi)
+        for method in (HGE(0.1, sign_from_phase=True), HGE(0.1, mode="sequential"), HGE(0.1, demodulation="fft")):
+            assert cosine(estimate(method, dev, ci, xi).grads["controls"], truth) > 0.97
+
+
+def test_sequential_costs_one_window_per_parameter():
+    dev = device()
+    c, x = settings_of(dev.static, 1)
+    par = estimate(HGE(0.1, phase="none"), dev, c[0], x[0]).cost
+    seq = estimate(HGE(0.1, phase="none", mode="sequential"), dev, c[0], x[0]).cost
+    assert par.queries == 1 and seq.queries == 5
+    assert seq.device_seconds == pytest.approx(5 * par.device_seconds)
+
+
+# ------------------------------------------------------------------------------ safety
+def test_modulation_never_leaves_the_safe_range_at_a_bound():
+    dnpu = DNPU.synthetic(0, guard="refuse")  # the device itself would refuse any excursion
+    dev = time_domain_dnpu(dnpu, fs=2000.0, bandwidth_hz=400.0, white_psd=0.0)
+    low, high = dev.parameter_bounds()["controls"]
+    theta = torch.stack([low[0], high[1], low[2] + 0.001, (low[3] + high[3]) / 2, high[4] - 0.001])
+    hge = HGE(0.1)
+    probes = hge.ask({"controls": theta}, torch.zeros(1, 2) - 0.3, system=dev)
+    wave = probes.params["controls"]
+    assert bool((wave >= low).all() and (wave <= high).all())
+    assert bool((probes.amplitudes >= 0.5 * 0.02 * (high - low) - 1e-6).all())  # shrunk at most to half
+    dev.measure_waveform(probes.params, probes.inputs)  # the refusing guard accepts every sample
+    with pytest.raises(RangeError, match="leave the safe range"):
+        HGE(0.1, at_bound="refuse").ask({"controls": theta}, torch.zeros(1, 2) - 0.3, system=dev)
+
+
+def test_clipped_output_is_an_error():
+    dev = time_domain_dnpu(None, fs=2000.0, bandwidth_hz=400.0, clip=(-1.0, 1.0))
+    c, x = settings_of(dev.static, 8)
+    hge = HGE(0.1, phase="none")
+    with pytest.raises(MeasurementError, match="rails"):
+        for ci, xi in zip(c, x):
+            estimate(hge, dev, ci, xi)
+
+
+def test_non_finite_answers_and_non_time_domain_devices_are_refused():
+    dev = device()
+    hge = HGE(0.1, phase="none")
+    probes = hge.ask({"controls": dev.initial_parameters()["controls"]}, torch.zeros(1, 2) - 0.3, system=dev)
+    bad = torch.full((probes.count, 1, 1), float("nan"))
+    with pytest.raises(RangeError, match="non-finite"):
+        hge.tell(probes, bad, torch.ones(1, 1))
+    with pytest.raises(ConfigError, match="time-domain device"):
+        hge.ask({"controls": torch.zeros(5)}, torch.zeros(1, 2), system=DNPU.synthetic(0))
+    with pytest.raises(ConfigError, match="mode"):
+        HGE(mode="both")
+    with pytest.raises(ConfigError, match="fraction"):
+        HGE(amplitude=0.7)
+
+
+# ------------------------------------------------------------------------------ backward / training
+def test_backward_fills_grad_and_reports_cost_like_other_methods():
+    dev = device()
+    layer = PhysicalLayer(dev)
+    hge = HGE(0.1)
+    x = torch.tensor([[-0.3, 0.2], [0.1, -0.8]])
+    loss = hge.backward(layer, lambda out, y: ((out - y) ** 2).mean(), x, torch.zeros(2, 1))
+    assert torch.isfinite(loss)
+    g = layer.params["controls"].grad
+    bp = PhysicalLayer(dev)
+    Backprop().backward(bp, lambda out, y: ((out - y) ** 2).mean(), x, torch.zeros(2, 1))
+    assert cosine(g, bp.params["controls"].grad) > 0.98
+    assert isinstance(hge.last_cost, Cost) and hge.last_cost.device_seconds > 0.2  # calibration + 2 windows
+    second = hge.backward(layer, lambda out, y: ((out - y) ** 2).mean(), x, torch.zeros(2, 1))
+    assert hge.last_cost.queries == 1 and hge.last_cost.samples == 2
+    assert hge.last_cost.device_seconds == pytest.approx(2 * (0.1 + dev.settle_s + dev.dac_ramp_s), rel=0.05)
+    assert torch.isfinite(second)
+
+
+def test_loss_signal_variant_matches_the_chain_rule():
+    dev = device(noise=1e-6)
+    loss_fn = lambda out, y: ((out - y) ** 2).mean()  # noqa: E731
+    x, y = torch.tensor([[-0.3, 0.2], [0.1, -0.8], [0.5, 0.5]]), torch.tensor([[5.0], [-3.0], [0.0]])
+    grads = []
+    for method in (HGE(0.1), HGE(0.1, loss_signal=True)):
+        layer = PhysicalLayer(dev)
+        method.backward(layer, loss_fn, x, y)
+        grads.append(layer.params["controls"].grad)
+    assert cosine(grads[0], grads[1]) > 0.99
+
+
+def test_local_scope_makes_a_dnpu_a_layer_with_input_gradients():
+    torch.manual_seed(0)
+    dev = device(noise=1e-6)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), PhysicalLayer(dev), nn.Linear(1, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(0.3)  # keep the inputs inside the electrode ranges
+    x = torch.randn(6, 3) * 0.5
+    y = torch.randn(6, 1)
+    loss_fn = nn.MSELoss()
+    HGE(0.1, scope="local").backward(model, loss_fn, x, y)
+    est = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    Backprop().backward(model, loss_fn, x, y)
+    ref = [p.grad.clone() for p in model.parameters()]
+    flat_e, flat_r = torch.cat([g.reshape(-1) for g in est]), torch.cat([g.reshape(-1) for g in ref])
+    assert cosine(flat_e, flat_r) > 0.97
+    assert cosine(est[0].reshape(-1), ref[0].reshape(-1)) > 0.9  # the first layer's gradient needs d I / d inputs
+
+
+def test_training_a_gate_with_hge_lowers_the_loss():
+    dev = device()
+    layer = PhysicalLayer(dev)
+    with torch.no_grad():
+        layer.params["controls"].copy_(torch.tensor([-0.2, 0.3, -0.9, 0.1, -0.5]))
+    low, high = dev.static.input_bounds()
+    x = low + torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]) * (high - low)
+    target = torch.tensor([[0.0], [0.0], [0.0], [10.0]])  # AND with a 10 nA "1"
+    loss_fn = lambda out, y: ((out - out.mean() - (y - y.mean())) ** 2).mean()  # noqa: E731  (offset-free)
+    hge = HGE(0.1, seed=0)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        losses.append(float(hge.backward(layer, loss_fn, x, target)))
+        opt.step()
+        layer.clamp_()
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:3]) / 3
+
+
+def test_works_on_any_time_domain_device():
+    res = TimeDomainDevice(RandomReservoir(2, 3, seed=0), 1000.0, bandwidth_hz=300.0, noise=TimeDomainNoise(1e-8))
+    hge = HGE(0.1, amplitude_abs=0.01)
+    theta = res.initial_parameters()
+    probes = hge.ask(theta, torch.ones(1, 2) * 0.3, system=res)
+    answers = res.measure_waveform(probes.params, probes.inputs)
+    cot = torch.tensor([[1.0, -1.0, 0.5]])
+    est = hge.tell(probes, answers, cot)
+    p = {n: v.clone().requires_grad_(True) for n, v in theta.items()}
+    out = res.simulate(p, torch.ones(1, 2) * 0.3)[0]
+    grads = torch.autograd.grad((out * cot).sum(), list(p.values()))
+    flat_e = torch.cat([est.grads[n].reshape(-1) for n in p])
+    flat_r = torch.cat([g.reshape(-1) for g in grads])
+    assert cosine(flat_e, flat_r) > 0.98
+
+
+def test_calibration_without_a_response_is_a_clear_error():
+    from physgrad.systems import BlackBox
+
+    dead = TimeDomainDevice(BlackBox(nn.Linear(2, 1, bias=False), (2,)), 1000.0, bandwidth_hz=200.0,
+                            noise=TimeDomainNoise(1e-4))
+    with pytest.raises(MeasurementError, match="calibration failed"):
+        HGE(0.1, amplitude_abs=0.01).calibrate(dead, inputs=torch.zeros(1, 2), freqs=[100.0])
