@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..cost import Cost
-from ..errors import ConfigError, RangeError, ShapeError
+from ..errors import ConfigError, MeasurementError, RangeError, ShapeError
 from ..models.physical_layer import gradient_path, parameter_bounds
 from ..systems.base import PhysicalSystem
 from .base import Estimate, GradientMethod, LossFn, Probes, accumulate_grads
@@ -121,7 +121,7 @@ class PerturbationMethod(GradientMethod):
         if answers.shape[0] != n or n % 2:
             raise ShapeError(f"tell expects {n} answers (the + probes then the − probes), got {tuple(answers.shape)}")
         if not torch.isfinite(answers).all():
-            raise RangeError(f"{self.name}: {int((~torch.isfinite(answers)).sum())} non-finite answer(s); no estimate made")
+            raise MeasurementError(f"{self.name}: {int((~torch.isfinite(answers)).sum())} non-finite answer(s); no estimate made")
         k = n // 2
         diff = (answers[:k] - answers[k:]) / (2 * probes.step)
         if cotangent is None:
@@ -264,4 +264,7 @@ def _stencil(center: torch.Tensor, directions: torch.Tensor, delta: float, low, 
             "choose a smaller delta"
         )
     c = torch.maximum(torch.minimum(center, hi), lo)
-    return c + delta * directions, c - delta * directions
+    # the final clamp only absorbs floating-point rounding (an ulp past a bound), never a real excursion
+    plus = torch.maximum(torch.minimum(c + delta * directions, high), low)
+    minus = torch.maximum(torch.minimum(c - delta * directions, high), low)
+    return plus, minus
