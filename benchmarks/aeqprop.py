@@ -122,6 +122,7 @@ def extra_args(p) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[512], help="hidden layer sizes of the main net")
     p.add_argument("--deep", type=int, nargs="*", default=None, help="hidden sizes of the deeper net (digits: 256 256)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + seeds − 1")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--beta", type=float, default=0.2)
     p.add_argument("--lr-scale", type=float, default=2.0)
@@ -201,7 +202,7 @@ def main(argv=None) -> dict:
     for sizes in nets:
         methods = args.methods if sizes is main_sizes else [m for m in ("aeqprop_centered", "eqprop", "backprop") if m in args.methods]
         for name in methods:
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 run = train(name, data, sizes, args, seed)
                 runs.append(run)
                 print(f"{run['net']} {name} seed {seed}: test {run['test_accuracy']:.4f} ({run['wall_s']:.0f} s)", flush=True)

@@ -30,14 +30,6 @@ class RefusingHopfield(HopfieldNetwork):
         return super().energy_gradient(params, inputs, states)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls: one thread is fastest (and kind to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_net(seed, cls=HopfieldNetwork, **kw):
     return cls([6, 8, 4], gains=[1.2, 1.2], tolerance=1e-13, max_sweeps=5000, seed=seed, **kw)

@@ -12,14 +12,6 @@ from physgrad.systems import HopfieldNetwork, ResistiveNetwork
 from physgrad.systems.energy import EnergyDevice, RelaxationReport, check_epsilon
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices: one thread is fastest (and kind to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def smooth_net(seed=0, **kw):
     """A small net whose states stay inside their (wide) boxes: a smooth energy."""

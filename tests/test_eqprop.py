@@ -12,14 +12,6 @@ from physgrad.models import EnergyModel
 from physgrad.systems import HopfieldNetwork
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matmuls: one thread is fastest (and kind to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def smooth_model(seed=3):
     """States stay inside wide boxes, so the equilibrium is a smooth function of θ and β."""

@@ -9,14 +9,6 @@ from physgrad.errors import ConfigError, ShapeError
 from physgrad.systems import HopfieldNetwork
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices: one thread is fastest (and kind to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def relaxed(net, x, beta=0.0, target=None):
     params = {n: v.unsqueeze(0).to(x.dtype) for n, v in net.initial_parameters().items()}

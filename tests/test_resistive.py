@@ -9,14 +9,6 @@ from physgrad.models import EnergyModel
 from physgrad.systems import ResistiveNetwork
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices: one thread is fastest (and kind to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_node_voltages_obey_kirchhoffs_current_law():
     net = ResistiveNetwork(3, [4, 2], seed=0)
