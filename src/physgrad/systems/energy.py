@@ -189,6 +189,13 @@ class EnergyDevice(PhysicalSystem):
     def _layer_sizes(self) -> list[int]:
         """Number of units of each floating layer."""
 
+    def nudging_energy(self, states: States, beta: float, target: torch.Tensor | None) -> torch.Tensor | float:
+        """``β C(s, y) = β ½‖s_out − y‖²`` per sample (``[K, B]``), the nudging term of the energy."""
+        if beta == 0.0:
+            return 0.0
+        out = self.output_of(states)
+        return beta * 0.5 * (out - target).pow(2).flatten(2).sum(-1)
+
     def nudging_cost(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The nudging cost ``C = ½‖s_out − y‖²`` averaged over the batch (also a loss_fn)."""
         target = self.encode_target(target, output.shape[: output.dim() - len(self.output_shape)])

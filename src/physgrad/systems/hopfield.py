@@ -182,9 +182,7 @@ class HopfieldNetwork(EnergyDevice):
         for w, b, s in zip(ws, bs, states):
             e = e + 0.5 * s.pow(2).sum(-1) - (s * b.unsqueeze(1)).sum(-1) - (torch.matmul(prev, w) * s).sum(-1)
             prev = s
-        if beta != 0.0:
-            e = e + beta * 0.5 * (states[-1] - target).pow(2).sum(-1)
-        return e
+        return e + self.nudging_energy(states, beta, target)
 
     def energy_gradient(self, params: Params, inputs: torch.Tensor, states: States) -> Params:
         batch = inputs.shape[1]

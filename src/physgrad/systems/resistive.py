@@ -158,9 +158,7 @@ class ResistiveNetwork(EnergyDevice):
             diff = prev.unsqueeze(-1) - v.unsqueeze(-2)  # [K, B, n_prev, n]
             e = e + 0.5 * (g.unsqueeze(1) * diff.pow(2)).sum((-1, -2))
             prev = v
-        if beta != 0.0:
-            e = e + beta * 0.5 * (states[-1] - target).pow(2).sum(-1)
-        return e
+        return e + self.nudging_energy(states, beta, target)
 
     def energy_gradient(self, params: Params, inputs: torch.Tensor, states: States) -> Params:
         batch = inputs.shape[1]
