@@ -43,3 +43,11 @@ def test_config_files(tmp_path):
         TrainConfig.from_file(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="not found"):
         TrainConfig.from_file(tmp_path / "missing.json")
+
+
+def test_the_ring_can_be_named_as_the_reservoir():
+    from physgrad.systems import AutoOscillationRing
+
+    data, model, _, _ = build(TrainConfig(reservoir="ring", reservoir_size=40))
+    assert isinstance(model.reservoir.system, AutoOscillationRing)
+    assert model(data.x_test[:3]).shape == (3, 10)

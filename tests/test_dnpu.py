@@ -13,14 +13,6 @@ from physgrad.systems.dnpu import shared_surrogates
 SHARED = shared_surrogates()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def relu_layers(seed=0):
     g = torch.Generator().manual_seed(seed)
     shapes = [(16, 7), (16, 16), (1, 16)]

@@ -7,15 +7,6 @@ from physgrad.data.sequences import memory_capacity, memory_inputs
 from physgrad.errors import ConfigError, ShapeError
 from physgrad.systems import EchoStateNetwork
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared CPU (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 
 def test_shapes_and_spectral_radius_normalisation():
     esn = EchoStateNetwork(3, 30, seq_len=5, seed=2)

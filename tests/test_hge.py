@@ -16,14 +16,6 @@ from physgrad.models import PhysicalLayer
 from physgrad.systems import DNPU, RandomReservoir, TimeDomainDevice, TimeDomainNoise, time_domain_dnpu
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def device(noise=1e-5, **kwargs):
     opts = dict(fs=2000.0, bandwidth_hz=400.0, delay_s=5e-4, white_psd=noise, seed=1)
     opts.update(kwargs)

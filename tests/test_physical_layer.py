@@ -42,7 +42,7 @@ def test_clamp_and_bounds_use_the_declared_ranges():
         model[1].params["gain"].fill_(9.0)
         model[1].params["bias"].fill_(-9.0)
     clamp_to_safe_range_(model)
-    assert float(model[1].params["gain"]) == 4.0 and float(model[1].params["bias"].min()) == -2.0
+    assert float(model[1].params["gain"].detach()) == 4.0 and float(model[1].params["bias"].detach().min()) == -2.0
 
 
 def test_gradient_path_is_restored_even_after_an_error():

@@ -15,15 +15,6 @@ from physgrad.systems import AutoOscillationRing, MeasurementNoise
 from physgrad.systems.ring import free_running_amplitude, saturation
 from physgrad.training import Trainer
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared CPU (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 
 def params_of(ring, **overrides):
     p = ring.initial_parameters()

@@ -21,15 +21,6 @@ from physgrad.errors import ConfigError, ShapeError
 
 ROW_SETS = ["digits"] + (["fashion-mnist"] if Path("/usr/share/datasets/fashion-mnist").exists() else [])
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared CPU (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 
 @pytest.mark.parametrize("name", ROW_SETS)
 def test_row_sequences_are_the_images_read_by_rows(name):

@@ -13,14 +13,6 @@ from physgrad.systems import BlackBox, RandomReservoir, TimeDomainDevice, TimeDo
 from physgrad.systems.base import ParameterSpec, PhysicalSystem
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 class Gain(PhysicalSystem):
     """y = g · x with one parameter g in [-2, 2] (a linear device whose chain we can predict)."""
 

@@ -12,15 +12,6 @@ from physgrad.models.physical_layer import physical_layers
 from physgrad.systems import AutoOscillationRing, RandomReservoir
 from physgrad.training import Trainer
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared CPU (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 
 def small_model(seed=0, nodes=16):
     ring = AutoOscillationRing(8, nodes, mode="static", seed=seed)

@@ -27,6 +27,7 @@ from ..models.reservoir_net import ReservoirNet
 from ..systems.base import PhysicalSystem
 from ..systems.noise import MeasurementNoise
 from ..systems.reservoir import RandomReservoir
+from ..systems.ring import AutoOscillationRing
 from ..training.trainer import Trainer
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
@@ -38,8 +39,16 @@ def _random_reservoir(cfg: "TrainConfig") -> PhysicalSystem:
     )
 
 
+def _ring_reservoir(cfg: "TrainConfig") -> PhysicalSystem:
+    """The PGT paper's magnonic auto-oscillation ring, one input vector held per round trip (static mode)."""
+    return AutoOscillationRing(
+        cfg.reservoir_inputs, cfg.reservoir_size, mode="static", seed=cfg.device_seed,
+        noise=MeasurementNoise(additive=cfg.noise),
+    )
+
+
 # Devices a config can name; other modules register theirs with ``register_reservoir``.
-RESERVOIRS: dict[str, Callable[["TrainConfig"], PhysicalSystem]] = {"random": _random_reservoir}
+RESERVOIRS: dict[str, Callable[["TrainConfig"], PhysicalSystem]] = {"random": _random_reservoir, "ring": _ring_reservoir}
 
 
 def register_reservoir(name: str, factory: Callable[["TrainConfig"], PhysicalSystem]) -> None:

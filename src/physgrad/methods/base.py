@@ -18,8 +18,9 @@ the gradients are restored to what they were and :class:`NonFiniteGradientError`
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -123,6 +124,37 @@ class GradientMethod(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(scope={self.scope!r})"
+
+
+def flatten_with_bounds(
+    theta: Mapping[str, torch.Tensor],
+    bounds: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, tuple[int, ...]]]:
+    """``theta`` as one flat vector with per-element ``low``/``high`` (±inf where unbounded) and the shapes."""
+    shapes = {n: tuple(t.shape) for n, t in theta.items()}
+    dtype = next(iter(theta.values())).dtype if theta else (dtype or torch.float32)
+    flat = torch.cat([t.reshape(-1) for t in theta.values()]) if theta else torch.zeros(0, dtype=dtype)
+    low = torch.full_like(flat, -math.inf)
+    high = torch.full_like(flat, math.inf)
+    offset = 0
+    for name, t in theta.items():
+        if bounds and name in bounds:
+            lo, hi = bounds[name]
+            low[offset : offset + t.numel()] = lo.to(dtype).reshape(-1)
+            high[offset : offset + t.numel()] = hi.to(dtype).reshape(-1)
+        offset += t.numel()
+    return flat, low, high, shapes
+
+
+def unflatten(rows: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Split ``[K, D]`` rows back into ``{name: [K, *shape]}`` (the inverse of the flattening above)."""
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out[name] = rows[:, offset : offset + size].reshape(rows.shape[0], *shape)
+        offset += size
+    return out
 
 
 def accumulate_grads(model: nn.Module, grads: dict[str, torch.Tensor]) -> None:

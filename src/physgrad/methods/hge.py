@@ -58,7 +58,7 @@ from ..errors import ConfigError, MeasurementError, RangeError, ShapeError
 from ..models.physical_layer import gradient_path, parameter_bounds, physical_layers, systems_of
 from ..systems.base import PhysicalSystem
 from ..systems.timedomain import TimeDomainDevice
-from .base import Estimate, GradientMethod, LossFn, accumulate_grads
+from .base import Estimate, GradientMethod, LossFn, accumulate_grads, flatten_with_bounds, unflatten
 
 MODES = ("parallel", "sequential")
 PHASES = ("calibrated", "none")
@@ -510,7 +510,7 @@ class HGE(GradientMethod):
         if freqs is None:
             channels = sum(v.numel() for v in params.values())
             freqs = sorted(set(self.plan(channels, system).freqs))
-        flat, low, high, shapes = _flatten(params, bounds)
+        flat, low, high, shapes = flatten_with_bounds(params, bounds)
         centre, amp = self._centre(flat, low, high, self._amplitudes(low, high), "parameter")
         # which controls respond most: one ordinary parallel window
         probe = self._probes(params, bounds, system, inputs, None, False, transfer=False)
@@ -532,7 +532,7 @@ class HGE(GradientMethod):
                 wave[:, j] += amp[j] * torch.sin(2 * math.pi * f * t)
                 pieces.append(wave)
             waves = torch.cat(pieces).clamp(low.to(torch.float64), high.to(torch.float64)).to(flat.dtype)
-            out = system.measure_waveform(_unflatten(waves, shapes), inputs[b : b + 1])[:, 0].reshape(waves.shape[0], -1)
+            out = system.measure_waveform(unflatten(waves, shapes), inputs[b : b + 1])[:, 0].reshape(waves.shape[0], -1)
             segs = out.to(torch.float64).reshape(len(tones), settle + seg, -1)[:, settle:]  # [F+1, seg, outs]
             z = _lockin(segs, torch.tensor(tones, dtype=torch.float64).unsqueeze(-1), t0, fs, "iq")[..., 0]  # [F+1, outs]
             k = int(z[-2].abs().argmax())
@@ -592,7 +592,7 @@ class HGE(GradientMethod):
 
     def _probes(self, theta, bounds, system, inputs, input_bounds, input_grad, transfer: bool = True,
                 point: tuple | None = None) -> WaveformProbes:
-        flat, low, high, shapes = _flatten(theta, bounds)
+        flat, low, high, shapes = flatten_with_bounds(theta, bounds)
         centre, amp = self._centre(flat, low, high, self._amplitudes(low, high), "parameter")
         channels = flat.numel()
         in_centre = in_amp = None
@@ -633,7 +633,7 @@ class HGE(GradientMethod):
         else:
             h = torch.ones(channels, dtype=torch.complex128)
         return WaveformProbes(
-            _unflatten(waves, shapes), probe_inputs, plan, amp, in_amp, h, shapes,
+            unflatten(waves, shapes), probe_inputs, plan, amp, in_amp, h, shapes,
             None if inputs is None else tuple(inputs.shape), system.clip,
         )
 
@@ -754,31 +754,6 @@ def _lockin(windows: torch.Tensor, freqs: torch.Tensor, t0: torch.Tensor, fs: fl
         c = picked.conj() / n * torch.exp(1j * omega * t0.unsqueeze(1)).unsqueeze(-1)  # = <w e^{iωt}> = Y + iX
         z = torch.complex(c.imag, c.real).transpose(1, 2)  # [S, R, M]
     return z.reshape(s, *rest, freqs.shape[1])
-
-
-def _flatten(theta: Mapping[str, torch.Tensor], bounds: Bounds | None):
-    shapes = {n: tuple(t.shape) for n, t in theta.items()}
-    dtype = next(iter(theta.values())).dtype if theta else torch.float32
-    flat = torch.cat([t.reshape(-1) for t in theta.values()]) if theta else torch.zeros(0, dtype=dtype)
-    low = torch.full_like(flat, -math.inf)
-    high = torch.full_like(flat, math.inf)
-    offset = 0
-    for name, t in theta.items():
-        if bounds and name in bounds:
-            lo, hi = bounds[name]
-            low[offset : offset + t.numel()] = lo.to(dtype).reshape(-1)
-            high[offset : offset + t.numel()] = hi.to(dtype).reshape(-1)
-        offset += t.numel()
-    return flat, low, high, shapes
-
-
-def _unflatten(waves: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    out, offset = {}, 0
-    for name, shape in shapes.items():
-        size = math.prod(shape)
-        out[name] = waves[:, offset : offset + size].reshape(waves.shape[0], *shape)
-        offset += size
-    return out
 
 
 def _midpoint_inputs(system: TimeDomainDevice) -> torch.Tensor:

@@ -40,7 +40,7 @@ from ..cost import Cost
 from ..errors import ConfigError, MeasurementError, RangeError, ShapeError
 from ..models.physical_layer import gradient_path, parameter_bounds
 from ..systems.base import PhysicalSystem
-from .base import Estimate, GradientMethod, LossFn, Probes, accumulate_grads
+from .base import Estimate, GradientMethod, LossFn, Probes, accumulate_grads, flatten_with_bounds, unflatten
 
 Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Directions = tuple[torch.Tensor, torch.Tensor | None]  # ([k, D], [k, B, *input_shape] or None)
@@ -135,11 +135,7 @@ class PerturbationMethod(GradientMethod):
             batch = per_sample.shape[1]
         c = probes.normaliser
         flat = c * (per_sample.sum(1) @ probes.directions.to(per_sample.dtype))
-        grads, offset = {}, 0
-        for name, shape in probes.shapes.items():
-            size = math.prod(shape)
-            grads[name] = flat[offset : offset + size].reshape(shape)
-            offset += size
+        grads = {n: g[0] for n, g in unflatten(flat.unsqueeze(0), probes.shapes).items()}
         input_grad = None
         if probes.input_directions is not None:
             input_grad = c * torch.einsum("kb,kb...->b...", per_sample, probes.input_directions.to(per_sample.dtype))
@@ -223,26 +219,10 @@ class PerturbationMethod(GradientMethod):
         input_bounds: tuple[float, float] | None,
         normaliser: float,
     ) -> Probes:
-        shapes = {n: tuple(t.shape) for n, t in theta.items()}
-        dtype = next(iter(theta.values())).dtype if theta else (inputs.dtype if inputs is not None else torch.float32)
-        flat = torch.cat([t.reshape(-1) for t in theta.values()]) if theta else torch.zeros(0, dtype=dtype)
-        low = torch.full_like(flat, -math.inf)
-        high = torch.full_like(flat, math.inf)
-        offset = 0
-        for name, t in theta.items():
-            if bounds and name in bounds:
-                lo, hi = bounds[name]
-                low[offset : offset + t.numel()] = lo.to(dtype).reshape(-1)
-                high[offset : offset + t.numel()] = hi.to(dtype).reshape(-1)
-            offset += t.numel()
-        directions = directions.to(dtype)
+        flat, low, high, shapes = flatten_with_bounds(theta, bounds, None if inputs is None else inputs.dtype)
+        directions = directions.to(flat.dtype)
         plus, minus = _stencil(flat, directions, self.delta, low, high, "parameter")
-        params, offset = {}, 0
-        for name, shape in shapes.items():
-            size = math.prod(shape)
-            both = torch.cat([plus[:, offset : offset + size], minus[:, offset : offset + size]])
-            params[name] = both.reshape(-1, *shape)
-            offset += size
+        params = unflatten(torch.cat([plus, minus]), shapes)
         probe_inputs = None
         if inputs is not None and input_dirs is not None:
             lo, hi = input_bounds if input_bounds is not None else (-math.inf, math.inf)
