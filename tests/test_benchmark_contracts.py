@@ -1,0 +1,47 @@
+"""Every acceptance-contract benchmark of issues 3–5 runs its --quick path and writes its keys.
+
+(Issue 2's benchmarks are covered in test_benchmarks_smoke.py, issue 6's in
+test_reliability_benchmarks.py.) Each runs as a user would, ``python -m benchmarks.NAME --quick
+--out F.json``, in a subprocess; the figures must be numbers in their natural ranges.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GATES = ("and", "or", "nand", "nor", "xor", "xnor")
+
+CONTRACTS = {
+    "ring_reservoir": ["ring_narma10_nrmse", "esn_narma10_nrmse", "ring_memory_capacity", "esn_memory_capacity"],
+    "reservoir_transformer": ["backprop_test_accuracy", "pgt_global_test_accuracy", "pgt_local_test_accuracy"],
+    "hge_fidelity": ["median_cosine", "median_relative_error"],
+    "hge_gates": ["success_rate", *(f"success_{g}" for g in GATES)],
+    "hge_sphere": ["hge_test_accuracy", "backprop_test_accuracy"],
+    "aeqprop": ["aeqprop_centered_test_accuracy", "aeqprop_optimistic_test_accuracy", "eqprop_test_accuracy",
+                "backprop_test_accuracy"],
+    "relaxation_speed": ["speedup", "max_state_difference"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_quick_benchmark_writes_its_contract(name, tmp_path):
+    out = tmp_path / "figures.json"
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out), "--plot", str(tmp_path / "plot.png")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "|" in done.stdout  # the Markdown table
+    figures = json.loads(out.read_text())
+    for key in CONTRACTS[name]:
+        value = figures[key]
+        assert isinstance(value, (int, float)) and value == value, f"{key} = {value!r}"
+        if "accuracy" in key or key.startswith("success") or key == "median_cosine":
+            assert 0.0 <= value <= 1.0, f"{key} = {value}"
+    if name == "hge_fidelity":
+        assert figures["median_cosine"] > 0.9  # HGE is a real gradient even in the quick run
+    if name == "relaxation_speed":
+        assert figures["speedup"] > 1.0 and figures["max_state_difference"] < 1e-4
+    assert (tmp_path / "plot.png").stat().st_size > 1000
