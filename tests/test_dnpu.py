@@ -189,8 +189,22 @@ def test_bad_electrode_assignment(bad, match):
         DNPU.synthetic(0, input_electrodes=bad)
 
 
-@pytest.mark.parametrize("path", SHARED, ids=[p.stem for p in SHARED])
-def test_shared_real_surrogates_load_and_behave(path):
+def _as_shared_format(dnpu, path):
+    """Write a DNPU in the shared .npz surrogate format (weights, biases, JSON meta; no pickle)."""
+    meta = {"electrodes": dnpu.electrodes, "voltage_min": dnpu.voltage_min.tolist(), "voltage_max": dnpu.voltage_max.tolist(),
+            "amplification": float(dnpu.amplification), "activation": dnpu.activation,
+            "layers": [list(w.shape) for w in dnpu.weights], "source": "built-in synthetic"}
+    arrays = {f"weight{i}": w.numpy() for i, w in enumerate(dnpu.weights)}
+    arrays.update({f"bias{i}": b.numpy() for i, b in enumerate(dnpu.biases)})
+    np.savez(path, meta=json.dumps(meta), **arrays)
+    return path
+
+
+# the real surrogates where ../shared has them, and always the built-in one written in their format
+@pytest.mark.parametrize("path", [*SHARED, "synthetic"], ids=[*(p.stem for p in SHARED), "synthetic-npz"])
+def test_shared_real_surrogates_load_and_behave(path, tmp_path):
+    if path == "synthetic":
+        path = _as_shared_format(DNPU.synthetic(0), tmp_path / "synthetic.npz")
     dnpu = load_dnpu(path)
     assert len(dnpu.weights) >= 2 and dnpu.amplification > 0
     v = random_voltages(256)
