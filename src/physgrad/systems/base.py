@@ -271,9 +271,14 @@ class PhysicalSystem(abc.ABC):
             inputs = inputs.unsqueeze(0).expand(k, *inputs.shape)
         elif inputs.shape[0] != k:
             raise ShapeError(f"inputs carry {inputs.shape[0]} probes but parameters carry {k}")
+        inputs = self.guard_inputs(inputs)
+        return batched, inputs, k, inputs.shape[1]
+
+    def guard_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Inputs as the device may receive them: inside ``input_range`` (clip or refuse), never NaN/inf."""
         if self.input_range is not None:
             low, high = (torch.tensor(v, dtype=inputs.dtype) for v in self.input_range)
-            inputs = self.guard("inputs", inputs, low, high)
-        elif not torch.isfinite(inputs).all():
+            return self.guard("inputs", inputs, low, high)
+        if not torch.isfinite(inputs).all():
             raise RangeError("inputs: non-finite value(s) (NaN/inf) refused; nothing was sent to the device")
-        return batched, inputs, k, inputs.shape[1]
+        return inputs

@@ -249,12 +249,7 @@ class EnergyDevice(PhysicalSystem):
         n = len(self.input_shape)
         if x.dim() != n + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"{type(self).__name__} expects inputs [B, *{self.input_shape}], got {tuple(x.shape)}")
-        if self.input_range is not None:
-            low, high = (torch.tensor(v, dtype=x.dtype) for v in self.input_range)
-            x = self.guard("inputs", x, low, high)
-        elif not torch.isfinite(x).all():
-            raise RangeError("inputs: non-finite value(s) (NaN/inf) refused; nothing was sent to the device")
-        self._inputs = x.unsqueeze(0)
+        self._inputs = self.guard_inputs(x).unsqueeze(0)
         self._target = None
         self.reset_states()
 
