@@ -45,3 +45,20 @@ def test_quick_benchmark_writes_its_contract(name, tmp_path):
     if name == "relaxation_speed":
         assert figures["speedup"] > 1.0 and figures["max_state_difference"] < 1e-4
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_gate_search_wiring_orders_and_bad_input():
+    """hge_gates: ``any`` tries every electrode pair once per search (seeded), a fixed pair repeats, bad values explain."""
+    from benchmarks.hge_gates import ELECTRODE_PAIRS, input_pairs
+
+    orders = [input_pairs("any", 21, seed) for seed in range(3)]
+    for order in orders:
+        assert sorted(order) == sorted(ELECTRODE_PAIRS)  # each of the 21 pairs exactly once
+    assert orders[0] != orders[1] and input_pairs("any", 21, 0) == orders[0]  # seeded, not fixed
+    assert input_pairs("any", 3, 1) == orders[1][:3]
+    assert input_pairs("4,3", 5, 0) == [(3, 4)] * 5
+    for bad in ("3,3", "3", "a,b", "3,7", "1,2,3"):
+        with pytest.raises(SystemExit, match="two distinct electrodes"):
+            input_pairs(bad, 2, 0)
+    with pytest.raises(SystemExit, match="--attempts <= 21"):
+        input_pairs("any", 22, 0)
