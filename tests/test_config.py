@@ -27,12 +27,21 @@ def test_defaults_build_a_pgt_local_run():
         ({"epochs": 0}, "'epochs' must be >= 1"),
         ({"dropout": 1.5}, "dropout"),
         ({"delta": float("nan")}, "delta"),
+        ({"momentum": 1.0}, "'momentum' must be in"),
+        ({"momentum": 0.9}, "applies to optimizer 'sgd' only, not 'adam'"),
         ([1, 2], "JSON object"),
     ],
 )
 def test_broken_configs_are_refused_with_the_key_named(data, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig.from_dict(data)
+
+
+def test_sgd_momentum_reaches_the_optimizer():
+    cfg = TrainConfig.from_dict({"scope": "global", "optimizer": "sgd", "momentum": 0.9, "lr": 3e-3})
+    opt = build(cfg)[3]
+    assert type(opt).__name__ == "SGD" and opt.param_groups[0]["momentum"] == 0.9 and opt.param_groups[0]["lr"] == 3e-3
+    assert build(TrainConfig(optimizer="sgd"))[3].param_groups[0]["momentum"] == 0.0
 
 
 def test_config_files(tmp_path):

@@ -68,8 +68,9 @@ class TrainConfig:
     test_samples: int | None = None
     epochs: int = 20
     batch_size: int = 32
-    optimizer: str = "adam"
+    optimizer: str = "adam"  # adam | sgd | adamw
     lr: float | None = None  # None: 3e-3 for backprop and local scope, 1e-3 for global forward-only
+    momentum: float = 0.0  # heavy-ball momentum of sgd (the PGT benchmarks' choice for the global scope: 0.9)
     seed: int = 0
     num_pairs: int = 32
     delta: float = 1e-2
@@ -127,6 +128,10 @@ class TrainConfig:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         if self.delta <= 0 or (self.lr is not None and self.lr <= 0) or self.noise < 0:
             raise ConfigError("delta and lr must be > 0 and noise >= 0")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"config key 'momentum' must be in [0, 1), got {self.momentum}")
+        if self.momentum and self.optimizer != "sgd":
+            raise ConfigError(f"config key 'momentum' applies to optimizer 'sgd' only, not {self.optimizer!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
 
@@ -159,7 +164,8 @@ def build(cfg: TrainConfig, data: Dataset | None = None):
         if cfg.method == "pgt":
             kwargs.update(r=cfg.r, dropout=cfg.dropout)
     method: GradientMethod = make_method(cfg.method, cfg.scope, **kwargs)
-    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.learning_rate)
+    extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
+    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.learning_rate, **extra)
     return data, model, method, optimizer
 
 
