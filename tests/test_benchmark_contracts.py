@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 GATES = ("and", "or", "nand", "nor", "xor", "xnor")
@@ -60,5 +61,24 @@ def test_gate_search_wiring_orders_and_bad_input():
     for bad in ("3,3", "3", "a,b", "3,7", "1,2,3"):
         with pytest.raises(SystemExit, match="two distinct electrodes"):
             input_pairs(bad, 2, 0)
-    with pytest.raises(SystemExit, match="--attempts <= 21"):
-        input_pairs("any", 22, 0)
+    longer = input_pairs("any", 30, 2)
+    assert longer[:21] == orders[2] and len(set(longer[21:])) == 9  # every pair once before any repeats
+
+
+def test_a_gate_search_stops_rewires_and_counts_every_device_second():
+    """A search stops at the first attempt that separates; attempts that cannot separate (one tiny
+    step) use the whole budget, each on its own wiring;
+    device time is summed over all wirings and the range guard never had to clip."""
+    from benchmarks.hge_gates import GATES, GateBench
+
+    xnor = torch.tensor(GATES["xnor"], dtype=torch.float32)
+    lucky = GateBench(None, "backprop").search(xnor, 0, [(3, 4), (1, 2)], steps=1, lr=1e-9)
+    assert lucky["attempts"] == 1 and lucky["found_by_first_attempt"] and lucky["success"]  # this start is an XNOR
+    bench = GateBench(None, "backprop")
+    result = bench.search(xnor, 1, [(3, 4), (1, 2)], steps=1, lr=1e-9)
+    assert result["attempts"] == 2 and not result["found_by_first_attempt"]
+    assert set(bench.devices) == {(3, 4), (1, 2)} and result["pair"] in bench.devices
+    per_device = [d.device_seconds for d in bench.devices.values()]
+    assert all(t > 0 for t in per_device) and bench.device_seconds == pytest.approx(sum(per_device))
+    assert result["noise"] > 0 and bench.clipped == 0
+    assert len(result["curves"]) == 2 and all(len(c) == 1 for c in result["curves"])
