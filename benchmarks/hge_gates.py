@@ -75,7 +75,7 @@ def corr_sig_loss(out: torch.Tensor, target: torch.Tensor, margin: float = 5.0, 
     return (1.05 - rho) * (1.0 + torch.nn.functional.softplus((margin - delta) / width))
 
 
-def make_method(name: str, seed: int):
+def gate_method(name: str, seed: int):
     """``hge`` (0.1 s windows) or ``backprop``: exact gradients through the surrogate, the diagnostic
     that separates a hard gate from a bad gradient."""
     return HGE(0.1, seed=seed) if name == "hge" else Backprop(seed=seed)
@@ -85,15 +85,13 @@ def train_gate(device, target: torch.Tensor, seed: int, steps: int, lr: float, m
     """Train the controls for one gate from a random start; returns the controls and the loss curve.
 
     ``method``: a gradient method (reuse one per device, so HGE's phase calibration is measured
-    once) or its name for ``make_method``.
+    once; see ``gate_method``).
     """
     layer = PhysicalLayer(device)
     g = torch.Generator().manual_seed(seed)
     low, high = device.parameter_bounds()["controls"]
     with torch.no_grad():
         layer.params["controls"].copy_(low + (high - low) * torch.rand(low.shape, generator=g))
-    if isinstance(method, str):
-        method = make_method(method, seed)
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
     x = gate_inputs(device.static)
     curve = []
@@ -167,7 +165,7 @@ class GateBench:
         if pair not in self.devices:
             index = ELECTRODE_PAIRS.index(pair)
             self.devices[pair] = time_domain_dnpu(self.path, seed=7 + index, input_electrodes=pair)
-            self.methods[pair] = make_method(self.method, index)
+            self.methods[pair] = gate_method(self.method, index)
         return self.devices[pair]
 
     @property
@@ -259,7 +257,7 @@ def main(argv=None) -> dict:
                    attempts=attempts, inputs=args.inputs, device_seconds_per_search=bench.device_seconds / n,
                    readout_noise_nA=float(torch.tensor(noises).quantile(0.5)), clipped_values=bench.clipped,
                    seconds=time.time() - t_start)
-    name = time_domain_dnpu(args.device).static.name
+    name = next(iter(bench.devices.values())).static.name
     print(f"## Boolean gates by {args.method} on {name} ({steps} steps per attempt, up to {attempts} attempts, "
           f"inputs {args.inputs}, {seeds} seeds, Adam lr={lr} V)\n")
     print(markdown_table(rows, ["gate", "successes", "found by attempt 1", "mean attempts", "most attempts",
