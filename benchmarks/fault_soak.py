@@ -12,7 +12,7 @@ embedded digits, PGT local scope with 8 pairs, δ = 1e-2, Adam 3e-3, batch 32, t
   [-1, 1] and, as with any ADC, the range has headroom (here 2×) so that a drifting baseline
   is not mistaken for a glitch.
 
-In both runs a :class:`~physgrad.systems.wrapper.CommandAudit` sits directly on the device (below
+In both runs a :class:`~physgrad.systems.wrappers.base.CommandAudit` sits directly on the device (below
 the faults) and counts every command outside the declared safe range, before the device's own
 guard could clip it; the device's guard is set to ``refuse``. Evaluation (test accuracy) is
 measured on the same faulty device stack, as deployed.
@@ -38,9 +38,9 @@ from physgrad.experiments.demo import DEMO_RUNS
 from physgrad.methods import make_method
 from physgrad.models import ReservoirNet
 from physgrad.systems import RandomReservoir
-from physgrad.systems.faults import FAULTS, FaultInjector
-from physgrad.systems.resilient import Resilient
-from physgrad.systems.wrapper import CommandAudit
+from physgrad.systems.wrappers.faults import FAULTS, FaultInjector
+from physgrad.systems.wrappers.resilient import Resilient
+from physgrad.systems.wrappers.base import CommandAudit
 from physgrad.training import Trainer
 
 from ._common import markdown_table, parse_args, plot_path, save_figure, write_json

@@ -1,7 +1,7 @@
 """Protocol fuzzing: random and mutated messages against a live device server (issue 6).
 
-A :class:`~physgrad.systems.server.DeviceServer` serves an audited device
-(:class:`~physgrad.systems.wrapper.CommandAudit` with the same ramp limits as the server) on a
+A :class:`~physgrad.systems.remote.server.DeviceServer` serves an audited device
+(:class:`~physgrad.systems.wrappers.base.CommandAudit` with the same ramp limits as the server) on a
 loopback TCP port, in a thread of this process. A client sends ``--messages`` messages, one at a
 time, each waiting for its answer. Every message is one of:
 
@@ -35,9 +35,9 @@ import torch
 import zmq
 
 from physgrad.systems import RandomReservoir
-from physgrad.systems.protocol import MAGIC, PREFIX, decode, encode
-from physgrad.systems.server import DeviceServer
-from physgrad.systems.wrapper import CommandAudit
+from physgrad.systems.remote.protocol import MAGIC, PREFIX, decode, encode
+from physgrad.systems.remote.server import DeviceServer
+from physgrad.systems.wrappers.base import CommandAudit
 
 from ._common import markdown_table, parse_args, plot_path, save_figure, write_json
 
@@ -228,7 +228,7 @@ def fuzz(messages: int, seed: int = 0) -> tuple[dict, Counter]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.getLogger("physgrad.systems.server").setLevel(logging.ERROR)  # a refusal per message is expected here
+    logging.getLogger("physgrad.systems.remote.server").setLevel(logging.ERROR)  # a refusal per message is expected here
     args = parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument("--messages", type=int, default=None), argv=argv)
     torch.set_num_threads(args.threads or 1)  # several threads on a shared 2-core box only contend
     n = args.messages or (5_000 if args.quick else 100_000)

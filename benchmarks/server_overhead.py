@@ -1,8 +1,8 @@
 """Server overhead: probes per second and latency, in-process vs over loopback (issue 6).
 
 The same simulated device is measured two ways: directly (``device.measure``) and through a
-device server in a separate process (``python -m physgrad.systems.server``) reached by
-:class:`~physgrad.systems.remote.RemoteSystem` over TCP on 127.0.0.1. Two device sizes:
+device server in a separate process (``python -m physgrad.systems.remote.server``) reached by
+:class:`~physgrad.systems.remote.client.RemoteSystem` over TCP on 127.0.0.1. Two device sizes:
 
 * ``dnpu`` — the synthetic DNPU (7 electrodes: 2 inputs, 5 controls, 1 output);
 * ``reservoir`` — the demo's reservoir (32 inputs → 256 nodes, 257 controls).
@@ -34,8 +34,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from physgrad.systems.remote import RemoteSystem
-from physgrad.systems.server import build_device
+from physgrad.systems.remote.client import RemoteSystem
+from physgrad.systems.remote.server import build_device
 
 from ._common import markdown_table, parse_args, plot_path, save_figure, write_json
 
@@ -79,7 +79,7 @@ def _time(device, k: int, reps: int) -> list[float]:
 
 
 def _serve(name: str, token_file: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "physgrad.systems.server", "--device", name, "--address", f"tcp://127.0.0.1:{port}",
+    cmd = [sys.executable, "-m", "physgrad.systems.remote.server", "--device", name, "--address", f"tcp://127.0.0.1:{port}",
            "--token-file", str(token_file)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
 

@@ -7,7 +7,7 @@ import torch
 
 from physgrad.errors import ConfigError, MeasurementError
 from physgrad.methods import Aeqprop, EqProp
-from physgrad.methods.eqprop import run_phases
+from physgrad.methods.energy.eqprop import run_phases
 from physgrad.models import EnergyModel
 from physgrad.systems import HopfieldNetwork
 

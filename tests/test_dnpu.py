@@ -1,4 +1,4 @@
-"""Tests of physgrad.systems.dnpu: the DNPU surrogate, its loaders and the built-in synthetic device."""
+"""Tests of physgrad.systems.devices.dnpu: the DNPU surrogate, its loaders and the built-in synthetic device."""
 
 import json
 
@@ -8,7 +8,7 @@ import torch
 
 from physgrad.errors import ConfigError, DataNotFoundError, RangeError
 from physgrad.systems import DNPU, load_dnpu, time_domain_dnpu
-from physgrad.systems.dnpu import shared_surrogates
+from physgrad.systems.devices.dnpu import shared_surrogates
 
 SHARED = shared_surrogates()
 

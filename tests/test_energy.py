@@ -9,7 +9,7 @@ from physgrad.errors import ConfigError, MeasurementError, RangeError, ShapeErro
 from physgrad.models import EnergyModel
 from physgrad.methods import Backprop
 from physgrad.systems import HopfieldNetwork, ResistiveNetwork
-from physgrad.systems.energy import EnergyDevice, RelaxationReport, check_epsilon
+from physgrad.systems.devices.energy.base import EnergyDevice, RelaxationReport, check_epsilon
 
 
 

@@ -7,7 +7,7 @@ import torch
 
 from physgrad.errors import ConfigError, MeasurementError, ShapeError
 from physgrad.methods import Backprop, EqProp
-from physgrad.methods.eqprop import Phase, nudging_pair, run_phases
+from physgrad.methods.energy.eqprop import Phase, nudging_pair, run_phases
 from physgrad.models import EnergyModel
 from physgrad.systems import HopfieldNetwork
 

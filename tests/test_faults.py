@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from physgrad.systems import RandomReservoir
-from physgrad.systems.faults import FAULTS, DeviceDisconnectedError, DeviceTimeoutError, FaultInjector
+from physgrad.systems.wrappers.faults import FAULTS, DeviceDisconnectedError, DeviceTimeoutError, FaultInjector
 
 
 def _probe(k=8, b=3, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of physgrad.methods.hge: homodyne gradient extraction against exact autograd gradients."""
+"""Tests of physgrad.methods.hge.method: homodyne gradient extraction against exact autograd gradients."""
 
 import math
 
@@ -11,7 +11,7 @@ from torch import nn
 from physgrad.cost import Cost
 from physgrad.errors import ConfigError, MeasurementError, RangeError
 from physgrad.methods import HGE, Backprop, plan_frequencies
-from physgrad.methods.hge import _lockin, check_frequencies, mixing_collisions
+from physgrad.methods.hge.method import _lockin, check_frequencies, mixing_collisions
 from physgrad.models import PhysicalLayer
 from physgrad.systems import DNPU, RandomReservoir, TimeDomainDevice, TimeDomainNoise, time_domain_dnpu
 

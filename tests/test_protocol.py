@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from physgrad.systems.protocol import MAGIC, PREFIX, Limits, ProtocolError, decode, encode, error_reply
+from physgrad.systems.remote.protocol import MAGIC, PREFIX, Limits, ProtocolError, decode, encode, error_reply
 
 
 def test_round_trip_keeps_dtype_shape_and_values_bit_for_bit():

@@ -21,8 +21,8 @@ from physgrad.methods import HGE, PGT, Aeqprop, Backprop, EqProp, FiniteDifferen
 from physgrad.models import PhysicalLayer
 from physgrad.models.energy_model import EnergyModel
 from physgrad.systems import BlackBox, HopfieldNetwork, RangeGuard
-from physgrad.systems.dnpu import DNPU
-from physgrad.systems.timedomain import TimeDomainDevice
+from physgrad.systems.devices.dnpu import DNPU
+from physgrad.systems.wrappers.timedomain import TimeDomainDevice
 
 
 class AuditGuard(RangeGuard):

@@ -8,9 +8,9 @@ from physgrad.errors import MeasurementError
 from physgrad.methods import PGT
 from physgrad.models import ReservoirNet
 from physgrad.systems import RandomReservoir
-from physgrad.systems.faults import DeviceTimeoutError, FaultInjector
-from physgrad.systems.resilient import Resilient
-from physgrad.systems.wrapper import CommandAudit
+from physgrad.systems.wrappers.faults import DeviceTimeoutError, FaultInjector
+from physgrad.systems.wrappers.resilient import Resilient
+from physgrad.systems.wrappers.base import CommandAudit
 from physgrad.training import Trainer
 
 

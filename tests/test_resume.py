@@ -25,8 +25,8 @@ from physgrad.data import load_dataset
 from physgrad.methods import PGT
 from physgrad.models import ReservoirNet
 from physgrad.systems import RandomReservoir
-from physgrad.systems.faults import FaultInjector
-from physgrad.systems.resilient import Resilient
+from physgrad.systems.wrappers.faults import FaultInjector
+from physgrad.systems.wrappers.resilient import Resilient
 from physgrad.training import Trainer
 
 out = Path(sys.argv[1])

@@ -12,7 +12,7 @@ from physgrad.errors import ConfigError, RangeError, ShapeError
 from physgrad.methods import PGT, Backprop
 from physgrad.models import ReservoirNet
 from physgrad.systems import AutoOscillationRing, MeasurementNoise
-from physgrad.systems.ring import free_running_amplitude, saturation
+from physgrad.systems.devices.ring import free_running_amplitude, saturation
 from physgrad.training import Trainer
 
 

@@ -12,11 +12,11 @@ from physgrad.errors import MeasurementError, RangeError
 from physgrad.methods import PGT
 from physgrad.models import ReservoirNet
 from physgrad.systems import RandomReservoir
-from physgrad.systems.faults import DeviceTimeoutError, FaultInjector
-from physgrad.systems.protocol import AuthenticationError, decode, encode
-from physgrad.systems.remote import RemoteSystem
-from physgrad.systems.server import DeviceServer, is_loopback
-from physgrad.systems.wrapper import CommandAudit, SystemWrapper
+from physgrad.systems.wrappers.faults import DeviceTimeoutError, FaultInjector
+from physgrad.systems.remote.protocol import AuthenticationError, decode, encode
+from physgrad.systems.remote.client import RemoteSystem
+from physgrad.systems.remote.server import DeviceServer, is_loopback
+from physgrad.systems.wrappers.base import CommandAudit, SystemWrapper
 from physgrad.training import Trainer
 
 TOKEN = "test-token-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""Tests of physgrad.systems.timedomain: the time-domain measurement chain around a static device."""
+"""Tests of physgrad.systems.wrappers.timedomain: the time-domain measurement chain around a static device."""
 
 import math
 

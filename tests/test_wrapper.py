@@ -5,7 +5,7 @@ import torch
 
 from physgrad.errors import RangeError
 from physgrad.systems import RandomReservoir
-from physgrad.systems.wrapper import CommandAudit, SystemWrapper
+from physgrad.systems.wrappers.base import CommandAudit, SystemWrapper
 
 
 def test_a_wrapper_is_the_device_it_wraps():

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p_report.add_argument("runs", nargs="+", type=Path)
     p_report.add_argument("--out", type=Path, default=Path("report"))
 
-    from .systems.server import add_arguments as add_serve_arguments
+    from .systems.remote.server import add_arguments as add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="put a (simulated) device behind a token-protected network endpoint"))
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             print(f"report: {make_report(args.runs, args.out)}")
         elif args.command == "serve":
-            from .systems.server import serve_from_args
+            from .systems.remote.server import serve_from_args
 
             serve_from_args(args)
     except PhysgradError as e:

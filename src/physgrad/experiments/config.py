@@ -26,8 +26,8 @@ from ..methods.base import SCOPES
 from ..models.reservoir_net import ReservoirNet
 from ..systems.base import PhysicalSystem
 from ..systems.noise import MeasurementNoise
-from ..systems.reservoir import RandomReservoir
-from ..systems.ring import AutoOscillationRing
+from ..systems.devices.reservoir import RandomReservoir
+from ..systems.devices.ring import AutoOscillationRing
 from ..training.trainer import Trainer
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}

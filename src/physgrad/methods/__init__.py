@@ -3,12 +3,12 @@
 from ..errors import ConfigError
 from .backprop import Backprop
 from .base import Estimate, GradientMethod, Probes
-from .finite_difference import FiniteDifference
-from .perturbation import PerturbationMethod
-from .pgt import PGT
-from .hge import HGE, FrequencyPlan, plan_frequencies
-from .aeqprop import Aeqprop
-from .eqprop import EqProp
+from .perturbation.finite_difference import FiniteDifference
+from .perturbation.engine import PerturbationMethod
+from .perturbation.pgt import PGT
+from .hge.method import HGE, FrequencyPlan, plan_frequencies
+from .energy.aeqprop import Aeqprop
+from .energy.eqprop import EqProp
 
 METHODS = ("pgt", "spsa", "es", "fd", "backprop")
 

@@ -1,7 +1,7 @@
 """An energy-based device as a ``torch.nn.Module`` (what EqProp and Aeqprop train).
 
 :class:`EnergyModel` is a :class:`~physgrad.models.physical_layer.PhysicalLayer` around an
-:class:`~physgrad.systems.energy.EnergyDevice`: its parameters are ``nn.Parameter`` s (so any
+:class:`~physgrad.systems.devices.energy.base.EnergyDevice`: its parameters are ``nn.Parameter`` s (so any
 ``torch.optim`` optimizer updates them), ``model(x)`` is the free equilibrium's output (one
 relaxation, measured), and under the backpropagation oracle the output carries exact gradients
 (implicit differentiation of the equilibrium)::
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..systems.energy import EnergyDevice
+from ..systems.devices.energy.base import EnergyDevice
 from .physical_layer import PhysicalLayer, physical_layers
 
 

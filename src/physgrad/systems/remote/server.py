@@ -2,8 +2,8 @@
 
 In a lab the device sits behind its own computer; training runs elsewhere. ``physgrad serve``
 (or :class:`DeviceServer`) puts the device's driver behind a network endpoint and
-:class:`~physgrad.systems.remote.RemoteSystem` talks to it, so every method and the trainer work
-over the wire unchanged. The wire format is :mod:`physgrad.systems.protocol` (versioned, typed
+:class:`~physgrad.systems.remote.client.RemoteSystem` talks to it, so every method and the trainer work
+over the wire unchanged. The wire format is :mod:`physgrad.systems.remote.protocol` (versioned, typed
 arrays, no pickle); docs/devices/server.md documents it.
 
 The server is the device's guardian, so it trusts no client:
@@ -24,7 +24,7 @@ The server is the device's guardian, so it trusts no client:
 (``max_step``, e.g. volts per command for a fragile electrode). The server tracks the device's
 current setting (its defaults at start) and refuses any command whose settings, applied in probe
 order, move a parameter further than its ``max_step`` in one step; the client inserts ``ramp``
-waypoints (:class:`~physgrad.systems.remote.RemoteSystem`). After a failed ``measure`` the device
+waypoints (:class:`~physgrad.systems.remote.client.RemoteSystem`). After a failed ``measure`` the device
 is assumed to be at the command's last setting (drivers apply probes in order).
 """
 
@@ -46,8 +46,8 @@ from typing import Mapping
 import torch
 import zmq
 
-from ..errors import ConfigError, PhysgradError, RangeError, ShapeError
-from .base import PhysicalSystem
+from ...errors import ConfigError, PhysgradError, RangeError, ShapeError
+from ..base import PhysicalSystem
 from .protocol import (
     OPS, VERSION, AuthenticationError, Limits, ProtocolError, decode, encode, error_reply,
 )
@@ -91,7 +91,7 @@ class DeviceServer:
         Ramp limit per parameter (``{name: step}``) or one for all; default: the system's own
         ``max_step`` attribute if it has one, else none.
     limits:
-        Message limits (:class:`~physgrad.systems.protocol.Limits`).
+        Message limits (:class:`~physgrad.systems.remote.protocol.Limits`).
     allow_remote:
         Permit a non-loopback address.
     """
@@ -373,15 +373,15 @@ def _max_steps(system: PhysicalSystem, max_step) -> dict[str, float]:
 def build_device(name: str, seed: int = 0) -> PhysicalSystem:
     """A simulated device by name: ``reservoir`` (the demo's 32→256), ``dnpu`` (synthetic), ``mlp``."""
     if name == "reservoir":
-        from .reservoir import RandomReservoir
+        from ..devices.reservoir import RandomReservoir
 
         return RandomReservoir(32, 256, seed=seed)
     if name == "dnpu":
-        from .dnpu import load_dnpu
+        from ..devices.dnpu import load_dnpu
 
         return load_dnpu(None)
     if name == "mlp":
-        from .blackbox import BlackBox
+        from ..devices.blackbox import BlackBox
 
         torch.manual_seed(seed)
         net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
@@ -424,7 +424,7 @@ def serve_from_args(args: argparse.Namespace) -> None:
     """Run ``physgrad serve`` with parsed options."""
     device = build_device(args.device, args.seed)
     if args.faults:
-        from .faults import FaultInjector
+        from ..wrappers.faults import FaultInjector
 
         device = FaultInjector.uniform(device, args.faults, seed=args.seed)
     token = read_or_create_token(args.token_file)
@@ -440,7 +440,7 @@ def serve_from_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m physgrad.systems.server", description="Serve a simulated device.")
+    parser = argparse.ArgumentParser(prog="python -m physgrad.systems.remote.server", description="Serve a simulated device.")
     add_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

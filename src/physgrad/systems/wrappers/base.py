@@ -21,8 +21,8 @@ from typing import Mapping
 
 import torch
 
-from ..errors import RangeError
-from .base import PhysicalSystem
+from ...errors import RangeError
+from ..base import PhysicalSystem
 
 
 class SystemWrapper(PhysicalSystem):

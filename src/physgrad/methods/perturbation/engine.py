@@ -36,11 +36,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..cost import Cost
-from ..errors import ConfigError, MeasurementError, RangeError, ShapeError
-from ..models.physical_layer import gradient_path, parameter_bounds
-from ..systems.base import PhysicalSystem
-from .base import Estimate, GradientMethod, LossFn, Probes, accumulate_grads, flatten_with_bounds, unflatten
+from ...cost import Cost
+from ...errors import ConfigError, MeasurementError, RangeError, ShapeError
+from ...models.physical_layer import gradient_path, parameter_bounds
+from ...systems.base import PhysicalSystem
+from ..base import Estimate, GradientMethod, LossFn, Probes, accumulate_grads, flatten_with_bounds, unflatten
 
 Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Directions = tuple[torch.Tensor, torch.Tensor | None]  # ([k, D], [k, B, *input_shape] or None)

@@ -36,11 +36,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..cost import Cost
-from ..errors import ConfigError, MeasurementError
-from ..models.energy_model import energy_model_of
-from ..systems.energy import check_epsilon
-from .base import Estimate, LossFn
+from ...cost import Cost
+from ...errors import ConfigError, MeasurementError
+from ...models.energy_model import energy_model_of
+from ...systems.devices.energy.base import check_epsilon
+from ..base import Estimate, LossFn
 from .eqprop import EnergyMethod, EnergyProbes, Phase
 
 RELAXATIONS = ("exact", "first-order")

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from .perturbation import Directions, PerturbationMethod
+from .engine import Directions, PerturbationMethod
 
 
 class FiniteDifference(PerturbationMethod):

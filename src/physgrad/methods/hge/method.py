@@ -53,12 +53,12 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from ..cost import Cost
-from ..errors import ConfigError, MeasurementError, RangeError, ShapeError
-from ..models.physical_layer import gradient_path, parameter_bounds, physical_layers, systems_of
-from ..systems.base import PhysicalSystem
-from ..systems.timedomain import TimeDomainDevice
-from .base import Estimate, GradientMethod, LossFn, accumulate_grads, flatten_with_bounds, unflatten
+from ...cost import Cost
+from ...errors import ConfigError, MeasurementError, RangeError, ShapeError
+from ...models.physical_layer import gradient_path, parameter_bounds, physical_layers, systems_of
+from ...systems.base import PhysicalSystem
+from ...systems.wrappers.timedomain import TimeDomainDevice
+from ..base import Estimate, GradientMethod, LossFn, accumulate_grads, flatten_with_bounds, unflatten
 
 MODES = ("parallel", "sequential")
 PHASES = ("calibrated", "none")

@@ -78,8 +78,8 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError, RangeError, ShapeError
-from .base import ParameterSpec, PhysicalSystem
+from ...errors import ConfigError, RangeError, ShapeError
+from ..base import ParameterSpec, PhysicalSystem
 
 log = logging.getLogger(__name__)
 

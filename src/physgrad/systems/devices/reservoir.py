@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .base import ParameterSpec, PhysicalSystem
+from ..base import ParameterSpec, PhysicalSystem
 
 
 class RandomReservoir(PhysicalSystem):

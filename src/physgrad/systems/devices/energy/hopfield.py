@@ -29,9 +29,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError
-from .base import ParameterSpec
-from .energy import EnergyDevice, Params, RelaxationReport, States
+from ....errors import ConfigError
+from ...base import ParameterSpec
+from .base import EnergyDevice, Params, RelaxationReport, States
 
 
 def half_xavier_uniform(fan_in: int, fan_out: int, gain: float, generator: torch.Generator) -> torch.Tensor:
@@ -58,7 +58,7 @@ class HopfieldNetwork(EnergyDevice):
     options:
         ``tolerance`` (default 1e-5), ``max_sweeps`` (200), ``energy_gradient_readout``,
         ``on_nonconvergence``, ``guard``, ``noise``, ``seconds_per_sweep``: see
-        :class:`~physgrad.systems.energy.EnergyDevice`.
+        :class:`~physgrad.systems.devices.energy.base.EnergyDevice`.
     """
 
     def __init__(

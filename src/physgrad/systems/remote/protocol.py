@@ -33,7 +33,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..errors import PhysgradError
+from ...errors import PhysgradError
 
 MAGIC = b"PGD\x01"
 VERSION = 1

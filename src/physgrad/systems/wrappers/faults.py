@@ -5,7 +5,7 @@ outlier) from a glitch, nothing at all (a timeout), a dropped connection, a slow
 operating point, or the same reading again because the instrument did not update (a stuck
 output). :class:`FaultInjector` wraps any :class:`~physgrad.systems.base.PhysicalSystem` and
 produces each of these at a configurable rate from its own seeded generator, so the layers above
-(:class:`~physgrad.systems.resilient.Resilient`, the methods, the trainer) can be tested against
+(:class:`~physgrad.systems.wrappers.resilient.Resilient`, the methods, the trainer) can be tested against
 them reproducibly.
 
 Fault model (each rate is a probability; all default to 0):
@@ -31,9 +31,9 @@ from typing import Mapping
 
 import torch
 
-from ..errors import MeasurementError
-from .base import PhysicalSystem
-from .wrapper import SystemWrapper
+from ...errors import MeasurementError
+from ..base import PhysicalSystem
+from .base import SystemWrapper
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from typing import Iterator
 
 import torch
 
-from ..errors import ConfigError
-from .perturbation import Directions, PerturbationMethod
+from ...errors import ConfigError
+from .engine import Directions, PerturbationMethod
 
 DISTRIBUTIONS = ("integer", "rademacher", "gaussian")
 
@@ -54,7 +54,7 @@ class PGT(PerturbationMethod):
     distribution:
         ``"integer"`` (PGT), ``"rademacher"`` (SPSA) or ``"gaussian"`` (ES).
     scope, max_probes, vectorize, seed:
-        See :class:`~physgrad.methods.perturbation.PerturbationMethod`.
+        See :class:`~physgrad.methods.perturbation.engine.PerturbationMethod`.
     """
 
     name = "pgt"

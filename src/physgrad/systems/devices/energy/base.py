@@ -49,9 +49,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..errors import ConfigError, MeasurementError, RangeError, ShapeError
-from .base import ParameterSpec, PhysicalSystem
-from .noise import MeasurementNoise
+from ....errors import ConfigError, MeasurementError, RangeError, ShapeError
+from ...base import ParameterSpec, PhysicalSystem
+from ...noise import MeasurementNoise
 
 log = logging.getLogger(__name__)
 

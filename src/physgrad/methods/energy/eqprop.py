@@ -30,11 +30,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..cost import Cost
-from ..errors import ConfigError, ShapeError
-from ..models.energy_model import EnergyModel, energy_model_of
-from ..systems.energy import EnergyDevice, RelaxationReport
-from .base import Estimate, GradientMethod, LossFn
+from ...cost import Cost
+from ...errors import ConfigError, ShapeError
+from ...models.energy_model import EnergyModel, energy_model_of
+from ...systems.devices.energy.base import EnergyDevice, RelaxationReport
+from ..base import Estimate, GradientMethod, LossFn
 
 VARIANTS = ("centered", "optimistic", "pessimistic", "positive", "negative")
 READS = ("output", "energy_gradient", "parameters")

@@ -1,6 +1,6 @@
 """The client of a device server: a remote device that is itself a :class:`PhysicalSystem`.
 
-``RemoteSystem(address, token)`` asks the server (:mod:`physgrad.systems.server`) for the
+``RemoteSystem(address, token)`` asks the server (:mod:`physgrad.systems.remote.server`) for the
 device's schema — parameters, safe ranges, defaults, input and output shapes, ramp limits — and
 then behaves like any local device: ``measure`` sends the probes and returns the answers, every
 method and the trainer work unchanged, and the cost counters count what was measured. It never
@@ -34,9 +34,9 @@ from typing import Callable
 import torch
 import zmq
 
-from ..errors import ConfigError, MeasurementError, RangeError, ShapeError
-from .base import ParameterSpec, PhysicalSystem
-from .faults import TRANSIENT, DeviceDisconnectedError, DeviceTimeoutError, backoff_delay
+from ...errors import ConfigError, MeasurementError, RangeError, ShapeError
+from ..base import ParameterSpec, PhysicalSystem
+from ..wrappers.faults import TRANSIENT, DeviceDisconnectedError, DeviceTimeoutError, backoff_delay
 from .protocol import VERSION, AuthenticationError, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ RAMP_MARGIN = 1e-5  # plan ramp steps this much (relative) below the limit, for 
 
 
 class RemoteSystem(PhysicalSystem):
-    """A device served by :class:`~physgrad.systems.server.DeviceServer` at ``address``.
+    """A device served by :class:`~physgrad.systems.remote.server.DeviceServer` at ``address``.
 
     Parameters
     ----------

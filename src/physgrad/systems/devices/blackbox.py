@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import torch
 from torch.func import functional_call, vmap
 
-from .base import ParameterSpec, PhysicalSystem
+from ..base import ParameterSpec, PhysicalSystem
 
 
 class BlackBox(PhysicalSystem):

@@ -24,9 +24,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError, MeasurementError
-from .base import ParameterSpec
-from .energy import EnergyDevice, Params, RelaxationReport, States
+from ....errors import ConfigError, MeasurementError
+from ...base import ParameterSpec
+from .base import EnergyDevice, Params, RelaxationReport, States
 
 
 class ResistiveNetwork(EnergyDevice):
@@ -50,7 +50,7 @@ class ResistiveNetwork(EnergyDevice):
     options:
         ``tolerance`` (joint relaxations; default 1e-5), ``max_sweeps``, ``energy_gradient_readout``,
         ``on_nonconvergence``, ``guard``, ``noise``, ``seconds_per_sweep``: see
-        :class:`~physgrad.systems.energy.EnergyDevice`.
+        :class:`~physgrad.systems.devices.energy.base.EnergyDevice`.
     """
 
     def __init__(

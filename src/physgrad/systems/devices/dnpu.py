@@ -38,8 +38,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataNotFoundError
-from .base import ParameterSpec, PhysicalSystem
+from ...errors import ConfigError, DataNotFoundError
+from ..base import ParameterSpec, PhysicalSystem
 
 N_ELECTRODES = 7
 ACTIVATIONS = ("relu", "tanh")
@@ -443,7 +443,7 @@ def time_domain_dnpu(
     voltage box) digitised by a 16-bit ADC, 1 ms DAC ramps, and static
     measurements averaged over 10 ms. ``spec``: ``None``/"synthetic" (built-in), a path, or a DNPU.
     """
-    from .timedomain import TimeDomainDevice, TimeDomainNoise
+    from ..wrappers.timedomain import TimeDomainDevice, TimeDomainNoise
 
     device = spec if isinstance(spec, DNPU) else load_dnpu(spec, **dnpu_kwargs)
     adc_step = None

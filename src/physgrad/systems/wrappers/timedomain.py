@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from scipy.signal import lfilter, lfilter_zi
 
-from ..errors import ConfigError, MeasurementError, ShapeError
-from .base import PhysicalSystem
+from ...errors import ConfigError, MeasurementError, ShapeError
+from ..base import PhysicalSystem
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from .base import ParameterSpec, PhysicalSystem
+from ...errors import ConfigError
+from ..base import ParameterSpec, PhysicalSystem
 from .ring import binary_mask
 
 

@@ -5,7 +5,7 @@ any estimator) and the trainer's evaluation reach a device only through ``measur
 wrapper protects them all. :class:`Resilient` does two things.
 
 **Retries.** A ``measure`` that raises :class:`~physgrad.errors.MeasurementError` (timeouts and
-disconnects included: :mod:`physgrad.systems.faults`) is repeated after ``backoff·2^i`` seconds
+disconnects included: :mod:`physgrad.systems.wrappers.faults`) is repeated after ``backoff·2^i`` seconds
 (capped at ``max_backoff``), at most ``retries`` times; then the error goes up and the trainer
 skips the step (nothing applied).
 
@@ -49,10 +49,10 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..errors import MeasurementError
-from .base import PhysicalSystem
+from ...errors import MeasurementError
+from ..base import PhysicalSystem
 from .faults import DeviceDisconnectedError, DeviceTimeoutError, backoff_delay
-from .wrapper import SystemWrapper
+from .base import SystemWrapper
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Energy-based learning: Equilibrium Propagation and Agnostic Equilibrium Propagation."""

@@ -1,0 +1,1 @@
+"""Simulated devices. Each is a :class:`~physgrad.systems.base.PhysicalSystem`; none exposes gradients to methods."""

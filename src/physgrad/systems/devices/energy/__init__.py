@@ -1,0 +1,1 @@
+"""Energy-based devices: the lab state machine (:mod:`.base`) and two networks that relax to an energy minimum."""

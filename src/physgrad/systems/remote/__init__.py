@@ -1,0 +1,1 @@
+"""A device over the network: the server, its wire protocol and the client (pyzmq is imported only here)."""

@@ -1,0 +1,1 @@
+"""Devices around a device: time domain, fault injection, resilience, command audit."""
