@@ -1,18 +1,38 @@
-"""The ask/tell interface every gradient method implements (DESIGN.md, "The one idea").
+"""The contract every gradient method keeps (DESIGN.md, "The one idea"; issue 10).
 
-::
+Three verbs, and ``backward`` on top, written once here::
 
-    probes   = method.ask(theta, inputs)           # which settings (and inputs) to apply
-    answers  = system.measure(probes.params, ...)  # the only contact with the device
-    estimate = method.tell(probes, answers)        # gradient estimate + its cost
+    probes   = method.ask(theta, inputs=None, targets=None, *, bounds=None, input_bounds=None, system=None)
+    answers  = method.carrier(system, probes)     # the ONLY contact with a device
+    estimate = method.tell(probes, answers, cotangent=None)   # -> Estimate(grads, input_grad, cost)
 
-and the everyday form, the same code underneath::
-
-    loss = method.backward(model, loss_fn, x, y)   # fills p.grad for every trainable p
+    loss = method.backward(model, loss_fn, x, y)  # fills p.grad for every trainable p
     optimizer.step()
+
+* ``ask`` is pure: it reads a device's declarations (parameter specs, input shape, sample rate)
+  from ``system`` but never measures it.
+* Probes (:class:`Probes`) know how an in-process device answers them (``answer``), what they cost
+  (``count``), and how to split and reassemble themselves (``shard``/``join``) for a carrier that
+  spreads them over several devices or calls.
+* The carrier (``method.carrier``, default :class:`~physgrad.carriers.InProcess`) is settable:
+  a device server's client, a pool of workers or a lab instrument replace it without touching a
+  method.
+
+``backward`` has two scopes (DESIGN.md, "local variant"):
+
+``global``
+    ``ask`` for settings of *every* trainable parameter of the model; each probe is answered by
+    the whole network's loss (:class:`NetworkLoss`), its physical layers measuring through the
+    method's carrier; ``tell`` makes the estimate.
+``local``
+    autograd carries exact gradients through the digital layers; each physical layer's backward
+    calls :meth:`GradientMethod.vjp`: ``ask`` at that device's parameters and inputs, the carrier,
+    ``tell`` with the cotangent.
 
 :meth:`GradientMethod.backward` guarantees that a non-finite estimate never reaches ``p.grad``:
 the gradients are restored to what they were and :class:`NonFiniteGradientError` is raised.
+Every failed or non-finite measurement is a :class:`~physgrad.errors.MeasurementError`
+(:func:`require_finite`), whatever the method.
 """
 
 from __future__ import annotations
@@ -20,38 +40,21 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
+from ..carriers import InProcess, carry
+from ..carriers.probes import Probes
 from ..cost import Cost
-from ..errors import ConfigError, NonFiniteGradientError
-from ..models.physical_layer import systems_of
+from ..errors import ConfigError, MeasurementError, NonFiniteGradientError
+from ..models.physical_layer import gradient_path, parameter_bounds, systems_of
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 SCOPES = ("global", "local")
-
-
-@dataclass
-class Probes:
-    """What to apply to the device: ``2K`` settings (the K "+" probes, then the K "−" probes).
-
-    ``params[name]`` is ``[2K, *shape]``; ``inputs`` (local scope only) is ``[2K, B, *input_shape]``.
-    The remaining fields are the method's own record of the directions, read back by ``tell``.
-    """
-
-    params: dict[str, torch.Tensor]
-    inputs: torch.Tensor | None
-    directions: torch.Tensor
-    input_directions: torch.Tensor | None
-    step: float
-    normaliser: float
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-    @property
-    def count(self) -> int:
-        return next(iter(self.params.values())).shape[0] if self.params else self.inputs.shape[0]
 
 
 @dataclass
@@ -73,31 +76,135 @@ class Estimate:
         return Estimate(grads, input_grad, self.cost + other.cost)
 
 
+def require_finite(who: str, what: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` if every element is finite, else :class:`MeasurementError` naming ``who`` and ``what``.
+
+    The one check of the error policy: a failed or non-finite measurement is a ``MeasurementError``
+    in every method, so the trainer's skip and stop rules cover them all.
+    """
+    finite = torch.isfinite(value)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise MeasurementError(f"{who}: {bad} non-finite value(s) (NaN/inf) in the {what}; no estimate made")
+    return value
+
+
+def scaled_cost(count: int, per_query: Cost) -> Cost:
+    """The cost of ``count`` queries of ``per_query`` each."""
+    return Cost(count * per_query.queries, count * per_query.samples, count * per_query.device_seconds)
+
+
+def query_cost(system: Any, batch: int) -> Cost:
+    """What one query of a batch of ``batch`` inputs costs on ``system`` (its declared cost per query)."""
+    return Cost(1, batch, float(getattr(system, "seconds_per_query", 0.0) or 0.0))
+
+
+class NetworkLoss:
+    """The whole network as the thing global-scope probes are answered by: settings → losses.
+
+    ``measure(params)`` evaluates ``loss_fn(model(x; params), y)`` for every setting ``params[name][k]``
+    in one ``torch.func.vmap`` over ``functional_call`` (``vectorize=False``: one by one). The
+    device contact inside it is the physical layers', through the method's carrier (set by
+    :func:`~physgrad.models.physical_layer.gradient_path`). Not a device: a carrier always answers
+    it in this process.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, vectorize: bool = True):
+        self.model, self.loss_fn, self.x, self.y, self.vectorize = model, loss_fn, x, y, vectorize
+
+    def _one(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(functional_call(self.model, params, (self.x,)), self.y)
+
+    def measure(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            if self.vectorize:
+                return vmap(self._one, randomness="same")(dict(params))
+            m = next(iter(params.values())).shape[0]
+            return torch.stack([self._one({n: v[i] for n, v in params.items()}) for i in range(m)])
+
+    def loss(self) -> torch.Tensor:
+        """The loss at the model's own parameters (one forward pass)."""
+        with torch.no_grad():
+            return self.loss_fn(self.model(self.x), self.y)
+
+
 class GradientMethod(abc.ABC):
-    """Base of every method: scope, cost bookkeeping, the NaN barrier, reproducible randomness."""
+    """Base of every method: the three verbs, ``backward`` and ``vjp`` on top of them, cost
+    bookkeeping, the NaN barrier, reproducible randomness.
+
+    Subclasses implement :meth:`ask` and :meth:`tell` (and may say in :meth:`parts` into how many
+    device calls their probes are split). ``kind`` names the devices a method needs:
+    ``"static"`` (``measure``), ``"waveform"`` (time-domain), ``"energy"`` (relaxation) or
+    ``"oracle"`` (a differentiable simulator).
+    """
 
     name = "method"
+    kind = "static"
 
-    def __init__(self, scope: str = "global", seed: int = 0) -> None:
+    def __init__(self, scope: str = "global", seed: int = 0, *, carrier: Callable | None = None) -> None:
         if scope not in SCOPES:
             raise ConfigError(f"scope must be one of {SCOPES}, got {scope!r}")
         self.scope = scope
         self.generator = torch.Generator().manual_seed(seed)
         self.total_cost = Cost()
         self.last_cost = Cost()
+        self.carrier = carrier
 
+    @property
+    def carrier(self) -> Callable:
+        """What carries probes to a device: ``carrier(system, probes) -> answers`` (settable)."""
+        return self._carrier
+
+    @carrier.setter
+    def carrier(self, value: Callable | None) -> None:
+        if value is not None and not callable(value):
+            raise ConfigError(f"a carrier must be callable as carrier(system, probes), got {type(value).__name__}")
+        self._carrier = InProcess() if value is None else value
+
+    # ------------------------------------------------------------------ the three verbs
+    @abc.abstractmethod
+    def ask(
+        self,
+        theta: Mapping[str, torch.Tensor],
+        inputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        bounds: Bounds | None = None,
+        input_bounds: tuple[float, float] | None = None,
+        system: Any = None,
+        input_grad: bool | None = None,
+    ) -> Probes:
+        """The probes of one gradient at ``theta`` (pure: never touches a device)."""
+
+    @abc.abstractmethod
+    def tell(self, probes: Probes, answers: Any, cotangent: torch.Tensor | None = None) -> Estimate:
+        """Turn the answers to ``probes`` into an :class:`Estimate` (with its cost)."""
+
+    def parts(self, probes: Probes) -> int:
+        """Into how many device calls :meth:`carry` splits ``probes`` (a memory bound; default one)."""
+        return 1
+
+    def carry(self, system: Any, probes: Probes) -> Any:
+        """``probes`` to ``system`` and back through :attr:`carrier`, in :meth:`parts` calls."""
+        return carry(self.carrier, system, probes, self.parts(probes))
+
+    # ------------------------------------------------------------------ backward
     def backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Estimate d loss_fn(model(x), y) / d p for every trainable ``p`` and add it to ``p.grad``.
 
         Returns the loss at the current parameters (detached). The cost of this call is in
         ``self.last_cost``; the running total in ``self.total_cost``.
         """
+        return self.guarded(model, lambda: self._backward(model, loss_fn, x, y))
+
+    def guarded(self, model: nn.Module, fill: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``fill`` (which adds to ``p.grad`` and returns the loss) behind the NaN barrier, counting its cost."""
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         saved = {n: (None if p.grad is None else p.grad.clone()) for n, p in trainable}
         systems = systems_of(model)
         before = sum((s.cost for s in systems), Cost())
         try:
-            loss = self._backward(model, loss_fn, x, y)
+            loss = fill()
             bad = [n for n, p in trainable if p.grad is not None and not torch.isfinite(p.grad).all()]
             if bad:
                 raise NonFiniteGradientError(f"{self.name}: non-finite gradient estimate for {bad}; not applied")
@@ -110,9 +217,47 @@ class GradientMethod(abc.ABC):
             self.total_cost = self.total_cost + self.last_cost
         return loss.detach()
 
-    @abc.abstractmethod
     def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Fill ``p.grad`` and return the loss."""
+        """Fill ``p.grad`` and return the loss: the local or global scope, on ask → carrier → tell."""
+        if self.scope == "local":
+            with gradient_path(model, "estimate", self, self.carrier):
+                loss = loss_fn(model(x), y)
+                loss.backward()
+            return loss
+        theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        network = NetworkLoss(model, loss_fn, x, y, getattr(self, "vectorize", True))
+        with gradient_path(model, "measure", None, self.carrier):
+            loss = network.loss()
+            probes = self.ask(theta, bounds=self.model_bounds(model), system=network)
+            # the network is evaluated here; its devices are reached through self.carrier (the layers')
+            answers = carry(InProcess(), network, probes, self.parts(probes))
+        estimate = self.tell(probes, answers)
+        accumulate_grads(model, estimate.grads)
+        return loss
+
+    def vjp(
+        self,
+        system: Any,
+        params: dict[str, torch.Tensor],
+        inputs: torch.Tensor,
+        outputs: torch.Tensor,
+        cotangent: torch.Tensor,
+        need_input_grad: bool = True,
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Estimated ``(vᵀ ∂y/∂x, vᵀ ∂y/∂θ)`` of one device at ``(inputs, params)``, ``v = cotangent``."""
+        theta = {n: p.detach() for n, p in params.items()}
+        if not any(t.numel() for t in theta.values()) and not need_input_grad:
+            return None, {}
+        probes = self.ask(
+            theta, inputs.detach(), bounds=system.parameter_bounds(inputs.dtype), input_bounds=system.input_range,
+            system=system, input_grad=need_input_grad,
+        )
+        estimate = self.tell(probes, self.carry(system, probes), cotangent)
+        return estimate.input_grad, estimate.grads
+
+    def model_bounds(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Safe ranges of the model's device parameters, keyed like ``named_parameters()``."""
+        return parameter_bounds(model)
 
     # ------------------------------------------------------------------ reproducibility
     def state_dict(self) -> dict:
@@ -128,23 +273,34 @@ class GradientMethod(abc.ABC):
 
 def flatten_with_bounds(
     theta: Mapping[str, torch.Tensor],
-    bounds: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None,
+    bounds: Bounds | None,
     dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, tuple[int, ...]]]:
     """``theta`` as one flat vector with per-element ``low``/``high`` (±inf where unbounded) and the shapes."""
     shapes = {n: tuple(t.shape) for n, t in theta.items()}
     dtype = next(iter(theta.values())).dtype if theta else (dtype or torch.float32)
     flat = torch.cat([t.reshape(-1) for t in theta.values()]) if theta else torch.zeros(0, dtype=dtype)
-    low = torch.full_like(flat, -math.inf)
-    high = torch.full_like(flat, math.inf)
-    offset = 0
-    for name, t in theta.items():
+    low, high = flat_bounds(shapes, bounds, flat.dtype)
+    return flat, low, high, shapes
+
+
+def flat_bounds(
+    shapes: Mapping[str, tuple[int, ...]], bounds: Bounds | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-element ``low``/``high`` of the flattened parameters named in ``shapes`` (±inf where unbounded)."""
+    lows, highs = [], []
+    for name, shape in shapes.items():
+        size = math.prod(shape)
         if bounds and name in bounds:
             lo, hi = bounds[name]
-            low[offset : offset + t.numel()] = lo.to(dtype).reshape(-1)
-            high[offset : offset + t.numel()] = hi.to(dtype).reshape(-1)
-        offset += t.numel()
-    return flat, low, high, shapes
+            lows.append(torch.as_tensor(lo, dtype=dtype).expand(shape).reshape(-1))
+            highs.append(torch.as_tensor(hi, dtype=dtype).expand(shape).reshape(-1))
+        else:
+            lows.append(torch.full((size,), -math.inf, dtype=dtype))
+            highs.append(torch.full((size,), math.inf, dtype=dtype))
+    if not lows:
+        return torch.zeros(0, dtype=dtype), torch.zeros(0, dtype=dtype)
+    return torch.cat(lows), torch.cat(highs)
 
 
 def unflatten(rows: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -157,10 +313,21 @@ def unflatten(rows: torch.Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict
     return out
 
 
-def accumulate_grads(model: nn.Module, grads: dict[str, torch.Tensor]) -> None:
-    """Add ``grads`` (keyed like ``named_parameters``) to ``p.grad``, as ``loss.backward()`` would."""
-    params = dict(model.named_parameters())
+def accumulate_grads(model: nn.Module | Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> None:
+    """Add ``grads`` to ``p.grad``, as ``loss.backward()`` would.
+
+    ``model`` is a module (``grads`` keyed like ``named_parameters``) or a mapping name → parameter.
+    """
+    params = dict(model.named_parameters()) if isinstance(model, nn.Module) else dict(model)
     for name, g in grads.items():
         p = params[name]
+        if not p.requires_grad:
+            continue
         g = g.to(p.dtype).reshape(p.shape)
         p.grad = g.clone() if p.grad is None else p.grad + g
+
+
+__all__ = [
+    "Bounds", "Estimate", "GradientMethod", "LossFn", "NetworkLoss", "Probes", "SCOPES", "accumulate_grads",
+    "flat_bounds", "flatten_with_bounds", "query_cost", "require_finite", "scaled_cost", "unflatten",
+]

@@ -28,6 +28,7 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
+from ..carriers import InProcess, Measurement, Simulation
 from ..errors import ShapeError
 from ..systems.base import PhysicalSystem
 
@@ -48,6 +49,9 @@ class VJPEstimator(Protocol):
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]: ...
 
 
+_IN_PROCESS = InProcess()
+
+
 def _key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -64,6 +68,7 @@ class PhysicalLayer(nn.Module):
         )
         self.mode = "measure"
         self.estimator: VJPEstimator | None = None
+        self.carrier = None  # what carries this layer's measurements (None: in process); set by gradient_path
 
     def device_parameters(self) -> dict[str, torch.Tensor]:
         return {n: self.params[_key(n)] for n in self.names}
@@ -88,10 +93,14 @@ class PhysicalLayer(nn.Module):
         flat = x.reshape(math.prod(lead), *shape)
         params = [self.params[_key(name)] for name in self.names]
         if self.mode == "simulate":
-            out = self.system.simulate(dict(zip(self.names, params)), flat)[0]
+            out = self.carry(Simulation({n: p.unsqueeze(0) for n, p in zip(self.names, params)}, flat))[0]
         else:
             out = _DeviceCall.apply(self, flat, *params)
         return out.reshape(*lead, *self.system.output_shape)
+
+    def carry(self, probes):
+        """This layer's one contact with its device: ``probes`` through the layer's carrier."""
+        return (self.carrier or _IN_PROCESS)(self.system, probes)
 
     def extra_repr(self) -> str:
         return f"{type(self.system).__name__}, mode={self.mode}"
@@ -102,7 +111,7 @@ class _DeviceCall(torch.autograd.Function):
 
     @staticmethod
     def forward(layer: PhysicalLayer, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        return layer.system.measure(dict(zip(layer.names, params)), x)[0]
+        return layer.carry(Measurement({n: p.unsqueeze(0) for n, p in zip(layer.names, params)}, x))[0]
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -139,7 +148,7 @@ class _DeviceCall(torch.autograd.Function):
 
         x = batched(x, in_dims[1])
         settings = {n: batched(p, d) for n, p, d in zip(layer.names, params, in_dims[2:])}
-        return layer.system.measure(settings, x), 0
+        return layer.carry(Measurement(settings, x, shared_inputs=False)), 0
 
 
 def physical_layers(model: nn.Module) -> Iterator[tuple[str, PhysicalLayer]]:
@@ -169,16 +178,19 @@ def systems_of(model: nn.Module) -> list[PhysicalSystem]:
 
 
 @contextlib.contextmanager
-def gradient_path(model: nn.Module, mode: str, estimator: VJPEstimator | None = None):
-    """Set how every physical layer of ``model`` passes gradients, restoring it afterwards."""
+def gradient_path(model: nn.Module, mode: str, estimator: VJPEstimator | None = None, carrier=None):
+    """Set how every physical layer of ``model`` passes gradients (and, with ``carrier``, what carries
+    its measurements), restoring both afterwards."""
     if mode not in MODES:
         raise ValueError(f"gradient path must be one of {MODES}, got {mode!r}")
     layers = [layer for _, layer in physical_layers(model)]
-    saved = [(layer.mode, layer.estimator) for layer in layers]
+    saved = [(layer.mode, layer.estimator, layer.carrier) for layer in layers]
     try:
         for layer in layers:
             layer.mode, layer.estimator = mode, estimator
+            if carrier is not None:
+                layer.carrier = carrier
         yield model
     finally:
-        for layer, (m, e) in zip(layers, saved):
-            layer.mode, layer.estimator = m, e
+        for layer, (m, e, c) in zip(layers, saved):
+            layer.mode, layer.estimator, layer.carrier = m, e, c

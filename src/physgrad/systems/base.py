@@ -18,6 +18,7 @@ Subclasses implement :meth:`PhysicalSystem.response`, vectorised over probes::
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -125,6 +126,9 @@ class PhysicalSystem(abc.ABC):
         Device time one query costs (settling + sampling), for cost accounting.
     seed:
         Seed of the device's own noise generator.
+    name:
+        A stable identity for this device (see :attr:`identity`); default: the class name and a hash
+        of the declared schema.
     """
 
     differentiable: bool = False
@@ -140,7 +144,11 @@ class PhysicalSystem(abc.ABC):
         noise: MeasurementNoise | None = None,
         seconds_per_query: float = 0.0,
         seed: int = 0,
+        name: str | None = None,
     ) -> None:
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"a device name must be a non-empty string, got {name!r}")
+        self._identity = name
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_shape = tuple(int(s) for s in output_shape)
         self.parameter_specs: dict[str, ParameterSpec] = {}
@@ -166,6 +174,35 @@ class PhysicalSystem(abc.ABC):
 
     def parameter_bounds(self, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {name: spec.bounds(dtype) for name, spec in self.parameter_specs.items()}
+
+    @property
+    def identity(self) -> str:
+        """A stable string naming this device, the key of a method's per-device state.
+
+        The ``name`` given to the constructor when there is one; a wrapper has the identity of the
+        device inside it; otherwise the class name and a hash of the declared schema (input and
+        output shapes, input range, every parameter's name, shape, range and unit), so the same
+        device declared again, in another process, has the same identity (``id()`` would not).
+        """
+        name = getattr(self, "_identity", None)
+        if name:
+            return name
+        inner = getattr(self, "inner", None)
+        if isinstance(inner, PhysicalSystem):
+            return inner.identity
+        return f"{type(self).__name__}-{self.schema_hash()}"
+
+    def schema_hash(self) -> str:
+        """12 hex digits of a SHA-256 over the declared schema (see :attr:`identity`)."""
+        def plain(v):
+            return torch.as_tensor(v, dtype=torch.float64).reshape(-1).tolist()
+
+        schema = [
+            type(self).__qualname__, list(self.input_shape), list(self.output_shape),
+            None if self.input_range is None else [float(v) for v in self.input_range],
+            [[s.name, list(s.shape), plain(s.low), plain(s.high), s.unit] for s in self.parameter_specs.values()],
+        ]
+        return hashlib.sha256(repr(schema).encode()).hexdigest()[:12]
 
     @property
     def cost(self) -> Cost:
@@ -206,12 +243,31 @@ class PhysicalSystem(abc.ABC):
             if self.noise.enabled:
                 out = self.noise.apply(out, self.generator)
         self._count(k, b)
-        expected = (k, b, *self.output_shape)
-        if tuple(out.shape) != expected:
-            raise MeasurementError(f"{type(self).__name__} answered shape {tuple(out.shape)}, expected {expected}")
+        return self.checked_answer(out, (k, b, *self.output_shape), inputs.dtype)
+
+    def checked_answer(self, out, expected: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A device's answer as a method may use it: a detached tensor of ``expected`` shape, finite,
+        in the request's floating ``dtype`` (an answer of another float dtype — a driver answering
+        float64 — is cast; an integer or complex answer is refused, naming its dtype).
+        Anything else is a :class:`MeasurementError`."""
+        who = type(self).__name__
+        if not isinstance(out, torch.Tensor):
+            try:
+                out = torch.as_tensor(out)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise MeasurementError(f"{who} answered a {type(out).__name__}, not an array of numbers: {e}") from None
+        if tuple(out.shape) != tuple(expected):
+            raise MeasurementError(f"{who} answered shape {tuple(out.shape)}, expected {tuple(expected)}")
+        if out.dtype != dtype:
+            if not out.dtype.is_floating_point:
+                raise MeasurementError(
+                    f"{who} answered dtype {out.dtype}; a measurement must be a real floating-point array "
+                    f"(the request was {dtype}): convert the driver's answer to {dtype}"
+                )
+            out = out.to(dtype if dtype.is_floating_point else torch.get_default_dtype())
         if not torch.isfinite(out).all():
             bad = int((~torch.isfinite(out)).sum())
-            raise MeasurementError(f"{type(self).__name__} returned {bad} non-finite value(s) (NaN/inf) of {out.numel()}")
+            raise MeasurementError(f"{who} returned {bad} non-finite value(s) (NaN/inf) of {out.numel()}")
         return out.detach()
 
     def simulate(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:

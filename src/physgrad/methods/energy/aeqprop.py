@@ -40,7 +40,7 @@ from ...cost import Cost
 from ...errors import ConfigError, MeasurementError
 from ...models.energy_model import energy_model_of
 from ...systems.devices.energy.base import check_epsilon
-from ..base import Estimate, LossFn
+from ..base import Estimate, LossFn, accumulate_grads
 from .eqprop import EnergyMethod, EnergyProbes, Phase
 
 RELAXATIONS = ("exact", "first-order")
@@ -76,13 +76,15 @@ class Aeqprop(EnergyMethod):
         epsilon: float | Mapping[str, float] = 1e-3,
         relaxation: str = "exact",
         seed: int = 0,
+        *,
+        carrier=None,
     ) -> None:
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
         self.relaxation = relaxation
         if variant in ("positive", "negative"):
             raise ConfigError(f"Aeqprop's variants are 'centered', 'optimistic' and 'pessimistic', got {variant!r}")
-        super().__init__(beta, variant, seed)
+        super().__init__(beta, variant, seed, carrier=carrier)
         if isinstance(epsilon, Mapping):
             self.epsilon: float | dict[str, float] = {n: check_epsilon(e, f"epsilon[{n!r}]") for n, e in epsilon.items()}
         else:
@@ -105,7 +107,7 @@ class Aeqprop(EnergyMethod):
         out.append(Phase("clamped", b2, "released", ("parameters",), updates))
         return out
 
-    def tell(self, probes: EnergyProbes, answers: list[dict]) -> Estimate:
+    def tell(self, probes: EnergyProbes, answers: list[dict], cotangent: torch.Tensor | None = None) -> Estimate:
         """Equivalent gradient ``−(θ_new − θ) / (ε (β₂ − β₁))`` from the parameters read at the end."""
         batch = self._check_answers(probes, answers)
         b1, b2 = probes.betas
@@ -116,27 +118,37 @@ class Aeqprop(EnergyMethod):
                 f"{clamped.residual:.3g}); the joint energy may not be convex at this epsilon, or max_sweeps is too "
                 "small — use a smaller epsilon, relaxation='first-order' or more sweeps; no gradient was made"
             )
-        new = self._answer(probes, answers, "parameters", b2)
+        new = self.new_parameters(probes, answers)
         eps = probes.epsilon or self.epsilon_for(list(probes.params))
         grads = {n: -(new[n] - probes.params[n]) / (eps[n] * (b2 - b1)) for n in probes.params}
         return Estimate(grads, None, Cost(len(answers), len(answers) * batch))
 
-    def step(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The physical update: one Aeqprop step moves θ by ``Δθ`` (written into the model)."""
-        loss = self.backward(model, loss_fn, x, y)
-        layer = energy_model_of(model)
-        new = self._answer_of_last("parameters")
-        with torch.no_grad():
-            for name, p in layer.parameter_dict().items():
-                if p.requires_grad:
-                    p.copy_(new[name].to(p.dtype))
-        return loss
+    def new_parameters(self, probes: EnergyProbes, answers: list[dict]) -> dict[str, torch.Tensor]:
+        """θ where the physics moved it: the parameters read at the end of the clamped phase."""
+        return self._answer(probes, answers, "parameters", probes.betas[1])
 
-    def _answer_of_last(self, what: str) -> dict[str, torch.Tensor]:
-        for answer in self._last_answers:
-            if what in answer:
-                return answer[what]
-        raise ConfigError(f"no {what!r} read in the last protocol")
+    def step(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The physical update: one Aeqprop step moves θ by ``Δθ`` (written into the model).
+
+        ``p.grad`` receives the equivalent gradient too (for logging); do not also call
+        ``optimizer.step()``. Built on ask → carrier → tell like :meth:`backward`, behind the same
+        NaN barrier and cost accounting.
+        """
+
+        def fill() -> torch.Tensor:
+            layer, probes, answers, estimate = self.exchange(model, x, y)
+            with torch.no_grad():
+                loss = loss_fn(self.free_output(probes, answers), y)
+            params = layer.parameter_dict()
+            accumulate_grads(params, estimate.grads)
+            new = self.new_parameters(probes, answers)
+            with torch.no_grad():
+                for name, p in params.items():
+                    if p.requires_grad:
+                        p.copy_(new[name].to(p.dtype))
+            return loss
+
+        return self.guarded(model, fill)
 
     def __repr__(self) -> str:
         return f"Aeqprop(beta={self.beta}, variant={self.variant!r}, epsilon={self.epsilon}, relaxation={self.relaxation!r})"

@@ -14,9 +14,11 @@ both equilibria (``EnergyDevice.measure_energy_gradient``); a device that cannot
 Aeqprop instead.
 
 ask/tell: :meth:`EnergyMethod.ask` returns :class:`EnergyProbes` — the list of :class:`Phase` s
-(nudging, parameters held or released, what to read); :func:`run_phases` plays them on a device
-(a lab may run its own rig instead); :meth:`tell` turns the read-outs into an
-:class:`~physgrad.methods.base.Estimate`. Cost: one query per relaxation (2 one-sided, 3 centered,
+(nudging, parameters held or released, what to read); an energy device answers them
+(``probes.answer(device)`` is :func:`run_phases`, what the default carrier calls; a lab may run its
+own rig instead); :meth:`tell` turns the read-outs into an :class:`~physgrad.methods.base.Estimate`.
+The phases of one protocol are never split (``shard`` returns the probes whole): the relaxation of
+a batch is one query and, for Aeqprop, the parameters relax against the whole batch. Cost: one query per relaxation (2 one-sided, 3 centered,
 counting the free phase that gives the prediction and the loss).
 """
 
@@ -25,16 +27,17 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from ...carriers.probes import Probes
 from ...cost import Cost
 from ...errors import ConfigError, ShapeError
 from ...models.energy_model import EnergyModel, energy_model_of
 from ...systems.devices.energy.base import EnergyDevice, RelaxationReport
-from ..base import Estimate, GradientMethod, LossFn
+from ..base import Bounds, Estimate, GradientMethod, LossFn, accumulate_grads, require_finite
 
 VARIANTS = ("centered", "optimistic", "pessimistic", "positive", "negative")
 READS = ("output", "energy_gradient", "parameters")
@@ -77,8 +80,11 @@ class Phase:
 
 
 @dataclass
-class EnergyProbes:
-    """What to do to the device for one gradient: program θ (and ε), clamp, then the phases."""
+class EnergyProbes(Probes):
+    """What to do to the device for one gradient: program θ (and ε), clamp, then the phases.
+
+    ``answer(device)`` plays them (:func:`run_phases`): one dict of read-outs per phase.
+    """
 
     phases: list[Phase]
     params: dict[str, torch.Tensor]
@@ -91,6 +97,11 @@ class EnergyProbes:
     @property
     def count(self) -> int:
         return len(self.phases)
+
+    def answer(self, system: Any) -> list[dict]:
+        if not isinstance(system, EnergyDevice):
+            raise ConfigError(f"energy-phase probes need an energy-based device, got {type(system).__name__}")
+        return run_phases(system, self)
 
 
 def run_phases(device: EnergyDevice, probes: EnergyProbes) -> list[dict]:
@@ -130,9 +141,10 @@ class EnergyMethod(GradientMethod):
     """Shared part of EqProp and Aeqprop: nudging variants, the protocol, ``backward``."""
 
     name = "energy-method"
+    kind = "energy"
 
-    def __init__(self, beta: float = 0.2, variant: str = "centered", seed: int = 0) -> None:
-        super().__init__("global", seed)
+    def __init__(self, beta: float = 0.2, variant: str = "centered", seed: int = 0, *, carrier=None) -> None:
+        super().__init__("global", seed, carrier=carrier)
         self.betas = nudging_pair(variant, beta)
         self.beta = float(beta)
         self.variant = variant
@@ -145,8 +157,20 @@ class EnergyMethod(GradientMethod):
     def epsilon_for(self, names: list[str]) -> dict[str, float] | None:
         return None
 
-    def ask(self, theta: Mapping[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor) -> EnergyProbes:
-        """The protocol for one gradient at ``theta`` on a batch ``(inputs, targets)``."""
+    def ask(
+        self,
+        theta: Mapping[str, torch.Tensor],
+        inputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        bounds: Bounds | None = None,
+        input_bounds: tuple[float, float] | None = None,
+        system: Any = None,
+        input_grad: bool | None = None,
+    ) -> EnergyProbes:
+        """The protocol for one gradient at ``theta`` on a batch ``(inputs, targets)`` (pure)."""
+        if inputs is None or targets is None:
+            raise ShapeError(f"{self.name}.ask needs the batch: ask(theta, inputs, targets)")
         if inputs.shape[0] != targets.shape[0]:
             raise ShapeError(f"inputs carry {inputs.shape[0]} samples but targets {targets.shape[0]}")
         params = {n: t.detach() for n, t in theta.items()}
@@ -159,31 +183,39 @@ class EnergyMethod(GradientMethod):
         raise ShapeError(f"{self.name}: the answers hold no {what!r} read at nudging β={beta:g}")
 
     def _check_answers(self, probes: EnergyProbes, answers: list[dict]) -> int:
+        """The batch size, after checking one answer per phase and that every read-out is finite."""
         if len(answers) != len(probes.phases):
             raise ShapeError(f"{self.name}: tell expects {len(probes.phases)} answers (one per phase), got {len(answers)}")
+        for phase, answer in zip(probes.phases, answers):
+            for what in phase.read:
+                value = answer.get(what)
+                if value is None:
+                    raise ShapeError(f"{self.name}: phase {phase.name!r} answered no {what!r} read-out")
+                for v in value.values() if isinstance(value, Mapping) else (value,):
+                    require_finite(self.name, f"{what!r} read in phase {phase.name!r}", torch.as_tensor(v))
         return probes.inputs.shape[0]
 
+    def free_output(self, probes: EnergyProbes, answers: list[dict]) -> torch.Tensor:
+        """The output read at the free equilibrium (the prediction)."""
+        return self._answer(probes, answers, "output", 0.0)
+
     @abc.abstractmethod
-    def tell(self, probes: EnergyProbes, answers: list[dict]) -> Estimate:
+    def tell(self, probes: EnergyProbes, answers: list[dict], cotangent: torch.Tensor | None = None) -> Estimate:
         """Turn the read-outs into a gradient estimate."""
 
-    def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def exchange(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        """ask → carrier → tell on the model's energy device: ``(layer, probes, answers, estimate)``."""
         layer = energy_model_of(model)
-        device = layer.device
-        params = layer.parameter_dict()
-        theta = {n: p.detach() for n, p in params.items()}
-        probes = self.ask(theta, x, y)
-        answers = run_phases(device, probes)  # the next protocol or forward pass reprograms θ
+        probes = self.ask({n: p.detach() for n, p in layer.parameter_dict().items()}, x, y, system=layer.device)
+        answers = self.carrier(layer.device, probes)  # the next protocol or forward pass reprograms θ
         self.last_reports = [a["report"] for a in answers]
-        estimate = self.tell(probes, answers)
-        self._last_answers = answers
-        output = self._answer(probes, answers, "output", 0.0)
+        return layer, probes, answers, self.tell(probes, answers)
+
+    def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        layer, probes, answers, estimate = self.exchange(model, x, y)
         with torch.no_grad():
-            loss = loss_fn(output, y)
-        for name, p in params.items():
-            if p.requires_grad:
-                g = estimate.grads[name].to(p.dtype)
-                p.grad = g.clone() if p.grad is None else p.grad + g
+            loss = loss_fn(self.free_output(probes, answers), y)
+        accumulate_grads(layer.parameter_dict(), estimate.grads)
         return loss
 
     @property
@@ -218,7 +250,7 @@ class EqProp(EnergyMethod):
                 out.append(Phase(f"nudged{i}", b, "held", ("energy_gradient",)))
         return out
 
-    def tell(self, probes: EnergyProbes, answers: list[dict]) -> Estimate:
+    def tell(self, probes: EnergyProbes, answers: list[dict], cotangent: torch.Tensor | None = None) -> Estimate:
         """``ĝ = [∂E/∂θ(s^β₂) − ∂E/∂θ(s^β₁)] / (β₂ − β₁)``."""
         batch = self._check_answers(probes, answers)
         b1, b2 = probes.betas

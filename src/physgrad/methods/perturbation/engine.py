@@ -30,20 +30,82 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
-from torch.func import functional_call, vmap
 
+from ...carriers.probes import Probes, split_points
 from ...cost import Cost
-from ...errors import ConfigError, MeasurementError, RangeError, ShapeError
-from ...models.physical_layer import gradient_path, parameter_bounds
-from ...systems.base import PhysicalSystem
-from ..base import Estimate, GradientMethod, LossFn, Probes, accumulate_grads, flatten_with_bounds, unflatten
+from ...errors import ConfigError, RangeError, ShapeError
+from ..base import Bounds, Estimate, GradientMethod, flatten_with_bounds, require_finite, scaled_cost, unflatten
 
-Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 Directions = tuple[torch.Tensor, torch.Tensor | None]  # ([k, D], [k, B, *input_shape] or None)
+
+
+@dataclass
+class PerturbationProbes(Probes):
+    """What to apply to the device: ``2K`` settings (the K "+" probes, then the K "−" probes).
+
+    ``params[name]`` is ``[2K, *shape]``; ``inputs`` is ``None`` (global scope: each setting is
+    answered by a loss), the shared batch ``[B, *input_shape]`` (``per_probe_inputs=False``) or
+    ``[2K, B, *input_shape]`` (perturbed inputs of a vector–Jacobian product). The remaining fields
+    are the method's own record of the directions, read back by ``tell``. ``answer(system)`` is
+    ``system.measure(params, inputs)``; ``shard`` keeps each ± pair in one part; ``join`` restores
+    the order asked (all "+" then all "−").
+    """
+
+    params: dict[str, torch.Tensor]
+    inputs: torch.Tensor | None
+    directions: torch.Tensor
+    input_directions: torch.Tensor | None
+    step: float
+    normaliser: float
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    per_probe_inputs: bool = True
+    per_query: Cost | None = None  # what one query costs on the device asked for (None: not declared)
+
+    @property
+    def count(self) -> int:
+        return int(self.directions.shape[0]) * 2
+
+    @property
+    def pairs(self) -> int:
+        return int(self.directions.shape[0])
+
+    def answer(self, system: Any) -> torch.Tensor:
+        if self.inputs is None and not hasattr(system, "loss"):
+            raise ShapeError(
+                "these probes carry no inputs (global scope): answer each setting with your network's loss, "
+                "or ask with inputs= for a device's outputs"
+            )
+        return system.measure(self.params, self.inputs)
+
+    def _pairs(self, value: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        k = self.pairs
+        return torch.cat([value[a:b], value[k + a : k + b]])
+
+    def shard(self, n: int) -> list["PerturbationProbes"]:
+        spans = split_points(self.pairs, n)
+        if len(spans) == 1:
+            return [self]
+        return [
+            PerturbationProbes(
+                {name: self._pairs(v, a, b) for name, v in self.params.items()},
+                self._pairs(self.inputs, a, b) if self.inputs is not None and self.per_probe_inputs else self.inputs,
+                self.directions[a:b],
+                None if self.input_directions is None else self.input_directions[a:b],
+                self.step, self.normaliser, self.shapes, self.per_probe_inputs, self.per_query,
+            )
+            for a, b in spans
+        ]
+
+    def join(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        parts = [torch.as_tensor(p) for p in parts]
+        halves = [p.shape[0] // 2 for p in parts]
+        plus = [p[:h] for p, h in zip(parts, halves)]
+        minus = [p[h:] for p, h in zip(parts, halves)]
+        return torch.cat(plus + minus)
 
 
 class PerturbationMethod(GradientMethod):
@@ -57,10 +119,12 @@ class PerturbationMethod(GradientMethod):
     delta:
         Perturbation scale δ (in parameter units; inputs of a device in its input units).
     max_probes:
-        At most this many probe pairs per device call (a memory bound; the estimator is the same, its
-        random draws are split across calls).
+        At most this many probe pairs per device call (a memory bound; the estimator is the same:
+        the probes are sharded, the answers joined).
     vectorize:
-        Evaluate all probes of a chunk in one batched call (default) or one by one.
+        Evaluate all probes of a call in one batched call (default) or one pair per call.
+    carrier:
+        What carries probes to a device (default :class:`~physgrad.carriers.InProcess`).
     """
 
     def __init__(
@@ -71,8 +135,9 @@ class PerturbationMethod(GradientMethod):
         max_probes: int = 256,
         vectorize: bool = True,
         seed: int = 0,
+        carrier=None,
     ) -> None:
-        super().__init__(scope, seed)
+        super().__init__(scope, seed, carrier=carrier)
         if not (delta > 0 and math.isfinite(delta)):
             raise ConfigError(f"delta must be a finite number > 0, got {delta!r}")
         if max_probes < 1:
@@ -95,33 +160,66 @@ class PerturbationMethod(GradientMethod):
         self,
         theta: Mapping[str, torch.Tensor],
         inputs: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
         bounds: Bounds | None = None,
         input_bounds: tuple[float, float] | None = None,
-    ) -> Probes:
+        system: Any = None,
+        input_grad: bool | None = None,
+    ) -> PerturbationProbes:
         """All probes for one gradient at ``theta`` (and, for a vector–Jacobian product, ``inputs``).
 
-        Apply ``probes.params`` (and ``probes.inputs``) to the device, then pass what it
-        answered to :meth:`tell`.
+        ``inputs`` given: the probes are a device's outputs (answer with ``system.measure``); their
+        inputs are perturbed too unless ``input_grad=False``. ``system`` (optional) is read for its
+        declared cost per query only. Pure: nothing is measured.
         """
+        if isinstance(targets, Mapping):
+            raise TypeError(
+                f"{type(self).__name__}.ask(theta, inputs, bounds, ...): bounds is keyword-only since 0.2; "
+                "write ask(theta, inputs, bounds=..., input_bounds=...)"
+            )
         dim = sum(t.numel() for t in theta.values())
-        in_shape = None if inputs is None else tuple(inputs.shape)
+        perturb_inputs = inputs is not None and (input_grad is None or bool(input_grad))
+        in_shape = tuple(inputs.shape) if perturb_inputs else None
         chunks = list(self.direction_chunks(dim, in_shape))
         directions = torch.cat([c[0] for c in chunks])
-        input_dirs = None if inputs is None else torch.cat([c[1] for c in chunks])
-        return self._probes(theta, directions, inputs, input_dirs, bounds, input_bounds, self.normaliser(dim, in_shape))
+        input_dirs = torch.cat([c[1] for c in chunks]) if perturb_inputs else None
+        flat, low, high, shapes = flatten_with_bounds(theta, bounds, None if inputs is None else inputs.dtype)
+        directions = directions.to(flat.dtype)
+        plus, minus = _stencil(flat, directions, self.delta, low, high, "parameter")
+        params = unflatten(torch.cat([plus, minus]), shapes)
+        probe_inputs = inputs
+        if perturb_inputs:
+            lo, hi = input_bounds if input_bounds is not None else (-math.inf, math.inf)
+            k = input_dirs.shape[0]
+            x = inputs.unsqueeze(0).expand(k, *inputs.shape).reshape(k, -1)
+            d = input_dirs.to(inputs.dtype).reshape(k, -1)
+            xp, xm = _stencil(x, d, self.delta, torch.full_like(x[0], lo), torch.full_like(x[0], hi), "input")
+            probe_inputs = torch.cat([xp, xm]).reshape(2 * k, *inputs.shape)
+        per_query = None
+        if system is not None and inputs is not None:
+            per_query = Cost(1, int(inputs.shape[0]), float(getattr(system, "seconds_per_query", 0.0) or 0.0))
+        return PerturbationProbes(
+            params, probe_inputs, directions, input_dirs, self.delta, self.normaliser(dim, in_shape), shapes,
+            perturb_inputs, per_query,
+        )
 
-    def tell(self, probes: Probes, answers: torch.Tensor, cotangent: torch.Tensor | None = None) -> Estimate:
+    def parts(self, probes: PerturbationProbes) -> int:
+        if not self.vectorize:
+            return probes.pairs
+        return -(-probes.pairs // self.max_probes)
+
+    def tell(self, probes: PerturbationProbes, answers: torch.Tensor, cotangent: torch.Tensor | None = None) -> Estimate:
         """Turn the answers to ``probes`` into a gradient estimate.
 
-        ``answers`` is ``[2K]`` losses (no inputs were perturbed) or ``[2K, B, *out]`` device outputs
-        with ``cotangent`` ``[B, *out]`` (the vector of the vector–Jacobian product).
+        ``answers`` is ``[2K]`` losses (no inputs given) or ``[2K, B, *out]`` device outputs with
+        ``cotangent`` ``[B, *out]`` (the vector of the vector–Jacobian product).
         """
         n = probes.count
         answers = torch.as_tensor(answers)
         if answers.shape[0] != n or n % 2:
             raise ShapeError(f"tell expects {n} answers (the + probes then the − probes), got {tuple(answers.shape)}")
-        if not torch.isfinite(answers).all():
-            raise MeasurementError(f"{self.name}: {int((~torch.isfinite(answers)).sum())} non-finite answer(s); no estimate made")
+        require_finite(self.name, "answers", answers)
         k = n // 2
         diff = (answers[:k] - answers[k:]) / (2 * probes.step)
         if cotangent is None:
@@ -135,103 +233,12 @@ class PerturbationMethod(GradientMethod):
             batch = per_sample.shape[1]
         c = probes.normaliser
         flat = c * (per_sample.sum(1) @ probes.directions.to(per_sample.dtype))
-        grads = {n: g[0] for n, g in unflatten(flat.unsqueeze(0), probes.shapes).items()}
+        grads = {name: g[0] for name, g in unflatten(flat.unsqueeze(0), probes.shapes).items()}
         input_grad = None
         if probes.input_directions is not None:
             input_grad = c * torch.einsum("kb,kb...->b...", per_sample, probes.input_directions.to(per_sample.dtype))
-        return Estimate(grads, input_grad, Cost(n, n * batch))
-
-    # ------------------------------------------------------------------ backward: global scope
-    def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.scope == "local":
-            with gradient_path(model, "estimate", self):
-                loss = loss_fn(model(x), y)
-                loss.backward()
-            return loss
-        theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        bounds = parameter_bounds(model)
-        dim = sum(t.numel() for t in theta.values())
-        with torch.no_grad():
-            loss = loss_fn(model(x), y)
-            total = None
-            for directions, _ in self.direction_chunks(dim, None):
-                probes = self._probes(theta, directions, None, None, bounds, None, self.normaliser(dim, None))
-                est = self.tell(probes, self._losses(model, probes.params, loss_fn, x, y))
-                total = est if total is None else total + est
-        accumulate_grads(model, total.grads)
-        return loss
-
-    def _losses(self, model: nn.Module, settings: dict[str, torch.Tensor], loss_fn: LossFn, x, y) -> torch.Tensor:
-        def one(params):
-            return loss_fn(functional_call(model, params, (x,)), y)
-
-        if self.vectorize:
-            return vmap(one, randomness="same")(settings)
-        m = next(iter(settings.values())).shape[0]
-        return torch.stack([one({n: v[i] for n, v in settings.items()}) for i in range(m)])
-
-    # ------------------------------------------------------------------ backward: local scope
-    def vjp(
-        self,
-        system: PhysicalSystem,
-        params: dict[str, torch.Tensor],
-        inputs: torch.Tensor,
-        outputs: torch.Tensor,
-        cotangent: torch.Tensor,
-        need_input_grad: bool = True,
-    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Estimated ``(vᵀ ∂y/∂x, vᵀ ∂y/∂θ)`` of one device at ``(inputs, params)``, ``v = cotangent``."""
-        theta = {n: p.detach() for n, p in params.items()}
-        dim = sum(t.numel() for t in theta.values())
-        in_shape = tuple(inputs.shape) if need_input_grad else None
-        if dim == 0 and in_shape is None:
-            return None, {}
-        bounds = system.parameter_bounds(inputs.dtype)
-        total = None
-        for directions, input_dirs in self.direction_chunks(dim, in_shape):
-            probes = self._probes(
-                theta, directions, inputs if need_input_grad else None, input_dirs, bounds, system.input_range,
-                self.normaliser(dim, in_shape),
-            )
-            probe_inputs = probes.inputs if probes.inputs is not None else inputs
-            answers = self._measure(system, probes.params, probe_inputs)
-            est = self.tell(probes, answers, cotangent)
-            total = est if total is None else total + est
-        return total.input_grad, total.grads
-
-    def _measure(self, system: PhysicalSystem, settings: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
-        if self.vectorize or not settings:
-            return system.measure(settings, inputs)
-        m = next(iter(settings.values())).shape[0]
-        batched_inputs = inputs.dim() > len(system.input_shape) + 1
-        return torch.cat(
-            [system.measure({n: v[i : i + 1] for n, v in settings.items()}, inputs[i : i + 1] if batched_inputs else inputs) for i in range(m)]
-        )
-
-    # ------------------------------------------------------------------ probe construction
-    def _probes(
-        self,
-        theta: Mapping[str, torch.Tensor],
-        directions: torch.Tensor,
-        inputs: torch.Tensor | None,
-        input_dirs: torch.Tensor | None,
-        bounds: Bounds | None,
-        input_bounds: tuple[float, float] | None,
-        normaliser: float,
-    ) -> Probes:
-        flat, low, high, shapes = flatten_with_bounds(theta, bounds, None if inputs is None else inputs.dtype)
-        directions = directions.to(flat.dtype)
-        plus, minus = _stencil(flat, directions, self.delta, low, high, "parameter")
-        params = unflatten(torch.cat([plus, minus]), shapes)
-        probe_inputs = None
-        if inputs is not None and input_dirs is not None:
-            lo, hi = input_bounds if input_bounds is not None else (-math.inf, math.inf)
-            k = input_dirs.shape[0]
-            x = inputs.unsqueeze(0).expand(k, *inputs.shape).reshape(k, -1)
-            d = input_dirs.to(inputs.dtype).reshape(k, -1)
-            xp, xm = _stencil(x, d, self.delta, torch.full_like(x[0], lo), torch.full_like(x[0], hi), "input")
-            probe_inputs = torch.cat([xp, xm]).reshape(2 * k, *inputs.shape)
-        return Probes(params, probe_inputs, directions, input_dirs, self.delta, normaliser, shapes)
+        cost = scaled_cost(n, probes.per_query) if probes.per_query is not None else Cost(n, n * batch)
+        return Estimate(grads, input_grad, cost)
 
 
 def _stencil(center: torch.Tensor, directions: torch.Tensor, delta: float, low, high, what: str):

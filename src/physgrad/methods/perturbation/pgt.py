@@ -53,7 +53,7 @@ class PGT(PerturbationMethod):
         Probability that an entry of ``P`` is zeroed (any distribution).
     distribution:
         ``"integer"`` (PGT), ``"rademacher"`` (SPSA) or ``"gaussian"`` (ES).
-    scope, max_probes, vectorize, seed:
+    scope, max_probes, vectorize, seed, carrier:
         See :class:`~physgrad.methods.perturbation.engine.PerturbationMethod`.
     """
 
@@ -71,8 +71,9 @@ class PGT(PerturbationMethod):
         max_probes: int = 256,
         vectorize: bool = True,
         seed: int = 0,
+        carrier=None,
     ) -> None:
-        super().__init__(scope, delta=delta, max_probes=max_probes, vectorize=vectorize, seed=seed)
+        super().__init__(scope, delta=delta, max_probes=max_probes, vectorize=vectorize, seed=seed, carrier=carrier)
         if num_pairs < 1:
             raise ConfigError(f"num_pairs must be >= 1, got {num_pairs}")
         if distribution not in DISTRIBUTIONS:

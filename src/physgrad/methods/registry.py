@@ -1,0 +1,142 @@
+"""The one method registry: every gradient method by name, with its options, kind and defaults.
+
+::
+
+    from physgrad.methods.registry import make_method, method_names, method_entry
+
+    method_names()                      # ('pgt', 'spsa', 'es', 'fd', 'hge', 'eqprop', 'aeqprop', 'backprop')
+    entry = method_entry("hge")
+    entry.kind                          # 'waveform' (static | waveform | energy | oracle)
+    entry.options                       # {'window_s': 0.1, 'frequencies': None, ...} from the factory's signature
+    entry.default_device, entry.default_dataset   # what `physgrad train --method hge` uses with no other flag
+    make_method("pgt", num_pairs=8, delta=1e-2, scope="local")
+
+``kind`` says what a device must offer: ``static`` (``measure``), ``waveform`` (a time-domain
+device, ``measure_waveform``), ``energy`` (relaxation phases of an energy-based device) or
+``oracle`` (a differentiable simulator). ``defaults`` are the option values the command line uses
+when nothing else is given (small and quick; not the papers' full settings). A later method
+registers itself with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import ConfigError
+from .backprop import Backprop
+from .base import GradientMethod
+from .energy.aeqprop import Aeqprop
+from .energy.eqprop import EqProp
+from .hge.method import HGE
+from .perturbation.finite_difference import FiniteDifference
+from .perturbation.pgt import PGT
+
+KINDS = ("static", "waveform", "energy", "oracle")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One registered method: how to make it and what it runs on."""
+
+    name: str
+    factory: Callable[..., GradientMethod]
+    kind: str
+    default_device: str
+    default_dataset: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Option name → default, read from the factory's signature (``inspect.Parameter.empty``: required)."""
+        out = {}
+        for p in inspect.signature(self.factory).parameters.values():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            out[p.name] = p.default
+        return out
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse option names the factory does not take, naming the ones it does."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r} has no option(s) {unknown}; its options are {sorted(self.options)}"
+            )
+
+
+def _spsa(
+    num_pairs: int = 32, delta: float = 1e-3, *, dropout: float = 0.0, scope: str = "global", max_probes: int = 256,
+    vectorize: bool = True, seed: int = 0, carrier=None,
+) -> PGT:
+    """SPSA (Spall 1992): PGT with Rademacher ±1 directions."""
+    return PGT.spsa(num_pairs, delta, dropout=dropout, scope=scope, max_probes=max_probes, vectorize=vectorize,
+                    seed=seed, carrier=carrier)
+
+
+def _es(
+    num_pairs: int = 32, delta: float = 1e-3, *, dropout: float = 0.0, scope: str = "global", max_probes: int = 256,
+    vectorize: bool = True, seed: int = 0, carrier=None,
+) -> PGT:
+    """Antithetic Gaussian evolution strategies (Salimans et al. 2017): PGT with N(0, 1) directions."""
+    return PGT.es(num_pairs, delta, dropout=dropout, scope=scope, max_probes=max_probes, vectorize=vectorize,
+                  seed=seed, carrier=carrier)
+
+
+_REGISTRY: dict[str, MethodEntry] = {}
+
+
+def register_method(entry: MethodEntry) -> None:
+    """Add (or replace) a method in the registry."""
+    if entry.kind not in KINDS:
+        raise ConfigError(f"method {entry.name!r}: kind must be one of {KINDS}, got {entry.kind!r}")
+    entry.check_options(entry.defaults)
+    _REGISTRY[entry.name] = entry
+
+
+_HYBRID = "reservoir"  # the reservoir hybrid network (digital -> reservoir device -> read-out)
+for _entry in (
+    MethodEntry("pgt", PGT, "static", _HYBRID, "digits", {"scope": "local", "num_pairs": 8, "delta": 1e-2},
+                "Perturbative Gradient Training (Abbott, Elo, Bozhko 2025)"),
+    MethodEntry("spsa", _spsa, "static", _HYBRID, "digits", {"scope": "local", "num_pairs": 8, "delta": 1e-2},
+                "simultaneous-perturbation stochastic approximation (PGT setting)"),
+    MethodEntry("es", _es, "static", _HYBRID, "digits", {"scope": "local", "num_pairs": 8, "delta": 1e-2},
+                "antithetic evolution strategies (PGT setting)"),
+    MethodEntry("fd", FiniteDifference, "static", _HYBRID, "digits", {"scope": "local", "delta": 1e-2},
+                "central finite differences (baseline)"),
+    MethodEntry("hge", HGE, "waveform", "dnpu-time", "digits", {},
+                "homodyne gradient extraction on a time-domain device (Boon et al. 2021/2025)"),
+    MethodEntry("eqprop", EqProp, "energy", "hopfield", "digits", {},
+                "equilibrium propagation (Scellier & Bengio 2017)"),
+    MethodEntry("aeqprop", Aeqprop, "energy", "hopfield", "digits", {},
+                "agnostic equilibrium propagation (Scellier et al. 2022)"),
+    MethodEntry("backprop", Backprop, "oracle", _HYBRID, "digits", {},
+                "backpropagation through the differentiable simulator (the oracle)"),
+):
+    register_method(_entry)
+del _entry
+
+
+def method_names() -> tuple[str, ...]:
+    """The registered method names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def method_entry(name: str) -> MethodEntry:
+    """The registry entry of ``name`` (:class:`ConfigError` naming the choices when unknown)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; choose one of {list(_REGISTRY)}") from None
+
+
+def make_method(name: str, **options: Any) -> GradientMethod:
+    """A method by its registered name with ``options`` (checked against the factory's signature)."""
+    entry = method_entry(name)
+    entry.check_options(options)
+    return entry.factory(**options)
+
+
+__all__ = ["KINDS", "MethodEntry", "make_method", "method_entry", "method_names", "register_method"]
