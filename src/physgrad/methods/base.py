@@ -50,7 +50,7 @@ from ..carriers import InProcess, carry
 from ..carriers.probes import Probes
 from ..cost import Cost
 from ..errors import ConfigError, MeasurementError, NonFiniteGradientError
-from ..models.physical_layer import gradient_path, parameter_bounds, systems_of
+from ..models.physical_layer import clamp_to_safe_range_, gradient_path, parameter_bounds, systems_of
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -193,20 +193,24 @@ class GradientMethod(abc.ABC):
         """Estimate d loss_fn(model(x), y) / d p for every trainable ``p`` and add it to ``p.grad``.
 
         Returns the loss at the current parameters (detached). The cost of this call is in
-        ``self.last_cost``; the running total in ``self.total_cost``.
+        ``self.last_cost``; the running total in ``self.total_cost``. Device parameters that an
+        optimizer step moved out of their safe ranges are first projected back into them (in place),
+        so the model always describes what the device receives.
         """
         return self.guarded(model, lambda: self._backward(model, loss_fn, x, y))
 
     def guarded(self, model: nn.Module, fill: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run ``fill`` (which adds to ``p.grad`` and returns the loss) behind the NaN barrier, counting its cost."""
+        clamp_to_safe_range_(model)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         saved = {n: (None if p.grad is None else p.grad.clone()) for n, p in trainable}
         systems = systems_of(model)
         before = sum((s.cost for s in systems), Cost())
         try:
             loss = fill()
-            bad = [n for n, p in trainable if p.grad is not None and not torch.isfinite(p.grad).all()]
-            if bad:
+            filled = [(n, p.grad) for n, p in trainable if p.grad is not None]
+            if filled and not bool(torch.isfinite(torch.cat([g.reshape(-1) for _, g in filled])).all()):
+                bad = [n for n, g in filled if not torch.isfinite(g).all()]
                 raise NonFiniteGradientError(f"{self.name}: non-finite gradient estimate for {bad}; not applied")
         except BaseException:
             for n, p in trainable:
@@ -226,14 +230,18 @@ class GradientMethod(abc.ABC):
             return loss
         theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         network = NetworkLoss(model, loss_fn, x, y, getattr(self, "vectorize", True))
+        probes = self.ask(theta, bounds=self.model_bounds(model), system=network)
         with gradient_path(model, "measure", None, self.carrier):
-            loss = network.loss()
-            probes = self.ask(theta, bounds=self.model_bounds(model), system=network)
-            # the network is evaluated here; its devices are reached through self.carrier (the layers')
-            answers = carry(InProcess(), network, probes, self.parts(probes))
+            answers, loss = self.answer_network(network, probes, theta)
         estimate = self.tell(probes, answers)
         accumulate_grads(model, estimate.grads)
         return loss
+
+    def answer_network(self, network: NetworkLoss, probes: Probes, theta: Mapping[str, torch.Tensor]):
+        """``(answers, loss at θ)`` of global-scope probes: the network is evaluated in this process,
+        its devices reached through :attr:`carrier` (set on the physical layers by the caller)."""
+        loss = network.loss()
+        return carry(InProcess(), network, probes, self.parts(probes)), loss
 
     def vjp(
         self,

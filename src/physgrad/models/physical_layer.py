@@ -173,6 +173,21 @@ def clamp_to_safe_range_(model: nn.Module) -> None:
         layer.clamp_()
 
 
+def keep_in_range(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """After every ``optimizer.step()``, project ``model`` 's device parameters into their safe ranges.
+
+    ::
+
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        keep_in_range(optimizer, model)      # once; every step is then followed by the projection
+
+    A registered ``torch.optim`` step post-hook (``register_step_post_hook``); returns its handle
+    (``handle.remove()`` undoes it). ``method.backward`` also projects before it measures, so a
+    forgotten call never lets the model and the device disagree during training.
+    """
+    return optimizer.register_step_post_hook(lambda opt, args, kwargs: clamp_to_safe_range_(model))
+
+
 def systems_of(model: nn.Module) -> list[PhysicalSystem]:
     return [layer.system for _, layer in physical_layers(model)]
 

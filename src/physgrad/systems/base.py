@@ -21,6 +21,7 @@ import abc
 import hashlib
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -173,7 +174,16 @@ class PhysicalSystem(abc.ABC):
         return {name: spec.default_tensor(dtype) for name, spec in self.parameter_specs.items()}
 
     def parameter_bounds(self, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {name: spec.bounds(dtype) for name, spec in self.parameter_specs.items()}
+        """``{name: (low, high)}`` of every parameter, built once per dtype (the tensors are shared: read only)."""
+        specs = tuple(self.parameter_specs.values())
+        cache = self.__dict__.setdefault("_bounds_cache", {})
+        key = (dtype, tuple(id(s) for s in specs))
+        hit = cache.get(key)
+        if hit is None or hit[0] != specs:
+            if len(cache) > 8:
+                cache.clear()
+            hit = cache[key] = (specs, {spec.name: spec.bounds(dtype) for spec in specs})
+        return dict(hit[1])
 
     @property
     def identity(self) -> str:
@@ -300,6 +310,7 @@ class PhysicalSystem(abc.ABC):
             raise ShapeError(f"{type(self).__name__}: setting for parameter(s) {sorted(missing)} missing")
         k = None
         batched: dict[str, torch.Tensor] = {}
+        clipped_before = self.guard.clipped
         for name, spec in self.parameter_specs.items():
             value = torch.as_tensor(params[name])
             if tuple(value.shape) == spec.shape:
@@ -312,7 +323,7 @@ class PhysicalSystem(abc.ABC):
                 k = value.shape[0]
             elif value.shape[0] != k:
                 raise ShapeError(f"parameter {name!r} has {value.shape[0]} probes, others have {k}")
-            low, high = spec.bounds(value.dtype)
+            low, high = self.parameter_bounds(value.dtype)[name]
             batched[name] = self.guard(f"parameter {name!r}", value, low, high)
         inputs = torch.as_tensor(inputs)
         n_in = len(self.input_shape)
@@ -328,7 +339,29 @@ class PhysicalSystem(abc.ABC):
         elif inputs.shape[0] != k:
             raise ShapeError(f"inputs carry {inputs.shape[0]} probes but parameters carry {k}")
         inputs = self.guard_inputs(inputs)
+        if self.guard.clipped > clipped_before:
+            self.warn_clipped(self.guard.clipped - clipped_before)
         return batched, inputs, k, inputs.shape[1]
+
+    def warn_clipped(self, count: int) -> None:
+        """Say, once per device, that its range guard moved settings onto a bound (never silently).
+
+        The model's parameters then no longer match what the device received; keep them in range
+        (``method.backward`` projects them, or :func:`physgrad.models.keep_in_range`). Later clips are
+        counted in ``guard.clipped`` and logged at DEBUG level.
+        """
+        if getattr(self, "_clip_warned", False):
+            log.debug("%s: range guard clipped %d more value(s) (%d in all)", type(self).__name__, count, self.guard.clipped)
+            return
+        self._clip_warned = True
+        warnings.warn(
+            f"{type(self).__name__}: the range guard clipped {count} value(s) (settings or inputs) into the safe range, "
+            "so the device received something other than what was asked. Keep device parameters in range "
+            "(method.backward projects them; physgrad.models.keep_in_range(optimizer, model) after each step). "
+            f"This warning is shown once per device; the count continues in guard.clipped.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def guard_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """Inputs as the device may receive them: inside ``input_range`` (clip or refuse), never NaN/inf."""
