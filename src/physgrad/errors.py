@@ -36,3 +36,17 @@ class DataNotFoundError(PhysgradError, FileNotFoundError):
 
 class CheckpointError(PhysgradError, RuntimeError):
     """A checkpoint is missing, truncated or does not match the run."""
+
+
+def require_finite(who: str, what: str, value):
+    """``value`` (a tensor) if every element is finite, else :class:`MeasurementError` naming ``who`` and ``what``.
+
+    The one check of the error policy: a failed or non-finite measurement is a ``MeasurementError``
+    wherever it is found (a device's answer, a method's ``tell``), so the trainer's skip and stop
+    rules cover every method.
+    """
+    finite = value.isfinite()
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise MeasurementError(f"{who}: {bad} non-finite value(s) (NaN/inf) of {value.numel()} in the {what}")
+    return value

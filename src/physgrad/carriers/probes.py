@@ -86,6 +86,7 @@ class Measurement(Probes):
     params: Mapping[str, torch.Tensor]
     inputs: torch.Tensor
     shared_inputs: bool = True
+    seconds_per_query: float = 0.0  # the device's declared time per query (for the cost of the answers)
 
     def answer(self, system: Any) -> torch.Tensor:
         return system.measure(self.params, self.inputs)
@@ -100,8 +101,8 @@ class Measurement(Probes):
         if not self.params:
             return [self]
         return [
-            Measurement({k: v[a:b] for k, v in self.params.items()},
-                        self.inputs if self.shared_inputs else self.inputs[a:b], self.shared_inputs)
+            type(self)({k: v[a:b] for k, v in self.params.items()},
+                       self.inputs if self.shared_inputs else self.inputs[a:b], self.shared_inputs, self.seconds_per_query)
             for a, b in split_points(self.count, n)
         ]
 
@@ -118,6 +119,3 @@ class Simulation(Measurement):
 
     def answer(self, system: Any) -> torch.Tensor:
         return system.simulate(self.params, self.inputs)
-
-    def shard(self, n: int) -> list["Simulation"]:
-        return [Simulation(p.params, p.inputs, p.shared_inputs) for p in super().shard(n)]

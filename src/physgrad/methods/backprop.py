@@ -22,8 +22,10 @@ from typing import Any, Mapping
 import torch
 
 from ..carriers import Simulation
+from ..cost import Cost
 from ..errors import ConfigError, ShapeError
-from .base import Bounds, Estimate, GradientMethod, LossFn, query_cost, require_finite, scaled_cost
+from ..models.physical_layer import gradient_path
+from .base import Estimate, GradientMethod, LossFn, check_ask_options, require_finite, scaled_cost
 
 
 class Backprop(GradientMethod):
@@ -35,23 +37,18 @@ class Backprop(GradientMethod):
     def __init__(self, seed: int = 0, *, scope: str = "global", carrier=None) -> None:
         super().__init__(scope, seed, carrier=carrier)
 
-    def ask(
-        self,
-        theta: Mapping[str, torch.Tensor],
-        inputs: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        *,
-        bounds: Bounds | None = None,
-        input_bounds: tuple[float, float] | None = None,
-        system: Any = None,
-        input_grad: bool | None = None,
-    ) -> Simulation:
-        """One simulation at ``theta`` on ``inputs`` (leaves that ``tell`` differentiates by)."""
+    def ask(self, theta: Mapping[str, torch.Tensor], inputs: torch.Tensor | None = None, targets=None, *,
+            system: Any = None, input_grad: bool | None = None, **unused: Any) -> Simulation:
+        """One simulation at ``theta`` on ``inputs`` (leaves that ``tell`` differentiates by).
+
+        ``bounds``/``input_bounds`` are accepted and unused: the simulator needs no stencil.
+        """
+        check_ask_options(self, unused)
         if inputs is None:
             raise ShapeError("Backprop.ask needs the inputs the simulator is run on")
         params = {n: t.detach().unsqueeze(0).requires_grad_(True) for n, t in theta.items()}
         x = inputs.detach().clone().requires_grad_(input_grad is None or bool(input_grad))
-        return Simulation(params, x)
+        return Simulation(params, x, seconds_per_query=float(getattr(system, "seconds_per_query", 0.0) or 0.0))
 
     def tell(self, probes: Simulation, answers: torch.Tensor, cotangent: torch.Tensor | None = None) -> Estimate:
         """``(vᵀ ∂y/∂θ, vᵀ ∂y/∂x)`` by autograd through the simulator's answer ``y`` (``v = cotangent``)."""
@@ -70,12 +67,11 @@ class Backprop(GradientMethod):
         input_grad = grads[-1] if probes.inputs.requires_grad else None
         if probes.inputs.requires_grad and input_grad is None:
             input_grad = torch.zeros_like(probes.inputs)
-        per_query = query_cost(None, int(probes.inputs.shape[0]))
+        batch = int(probes.inputs.shape[0 if probes.shared_inputs else 1])
+        per_query = Cost(1, batch, probes.seconds_per_query)
         return Estimate(out, input_grad, scaled_cost(probes.count, per_query))
 
     def _backward(self, model, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from ..models.physical_layer import gradient_path
-
         if self.scope == "local":
             return super()._backward(model, loss_fn, x, y)
         with gradient_path(model, "simulate", None, self.carrier):

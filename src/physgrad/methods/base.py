@@ -32,7 +32,7 @@ Three verbs, and ``backward`` on top, written once here::
 :meth:`GradientMethod.backward` guarantees that a non-finite estimate never reaches ``p.grad``:
 the gradients are restored to what they were and :class:`NonFiniteGradientError` is raised.
 Every failed or non-finite measurement is a :class:`~physgrad.errors.MeasurementError`
-(:func:`require_finite`), whatever the method.
+(:func:`~physgrad.errors.require_finite`), whatever the method.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from torch.func import functional_call, vmap
 from ..carriers import InProcess, carry
 from ..carriers.probes import Probes
 from ..cost import Cost
-from ..errors import ConfigError, MeasurementError, NonFiniteGradientError
+from ..errors import ConfigError, NonFiniteGradientError, require_finite
 from ..models.physical_layer import clamp_to_safe_range_, gradient_path, parameter_bounds, systems_of
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,27 +76,19 @@ class Estimate:
         return Estimate(grads, input_grad, self.cost + other.cost)
 
 
-def require_finite(who: str, what: str, value: torch.Tensor) -> torch.Tensor:
-    """``value`` if every element is finite, else :class:`MeasurementError` naming ``who`` and ``what``.
-
-    The one check of the error policy: a failed or non-finite measurement is a ``MeasurementError``
-    in every method, so the trainer's skip and stop rules cover them all.
-    """
-    finite = torch.isfinite(value)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise MeasurementError(f"{who}: {bad} non-finite value(s) (NaN/inf) in the {what}; no estimate made")
-    return value
-
-
 def scaled_cost(count: int, per_query: Cost) -> Cost:
     """The cost of ``count`` queries of ``per_query`` each."""
     return Cost(count * per_query.queries, count * per_query.samples, count * per_query.device_seconds)
 
 
-def query_cost(system: Any, batch: int) -> Cost:
-    """What one query of a batch of ``batch`` inputs costs on ``system`` (its declared cost per query)."""
-    return Cost(1, batch, float(getattr(system, "seconds_per_query", 0.0) or 0.0))
+ASK_OPTIONS = ("bounds", "input_bounds", "system", "input_grad")
+
+
+def check_ask_options(method: Any, options: Mapping[str, Any]) -> None:
+    """Refuse keywords of ``ask`` that are not the contract's (a typo must not pass silently)."""
+    unknown = sorted(set(options) - set(ASK_OPTIONS))
+    if unknown:
+        raise TypeError(f"{type(method).__name__}.ask got unknown keyword(s) {unknown}; the contract's are {list(ASK_OPTIONS)}")
 
 
 class NetworkLoss:
@@ -336,6 +328,6 @@ def accumulate_grads(model: nn.Module | Mapping[str, torch.Tensor], grads: Mappi
 
 
 __all__ = [
-    "Bounds", "Estimate", "GradientMethod", "LossFn", "NetworkLoss", "Probes", "SCOPES", "accumulate_grads",
-    "flat_bounds", "flatten_with_bounds", "query_cost", "require_finite", "scaled_cost", "unflatten",
+    "ASK_OPTIONS", "Bounds", "Estimate", "check_ask_options", "GradientMethod", "LossFn", "NetworkLoss", "Probes", "SCOPES", "accumulate_grads",
+    "flat_bounds", "flatten_with_bounds", "require_finite", "scaled_cost", "unflatten",
 ]

@@ -67,22 +67,23 @@ class MethodEntry:
             )
 
 
-def _spsa(
-    num_pairs: int = 32, delta: float = 1e-3, *, dropout: float = 0.0, scope: str = "global", max_probes: int = 256,
-    vectorize: bool = True, seed: int = 0, carrier=None,
-) -> PGT:
-    """SPSA (Spall 1992): PGT with Rademacher ±1 directions."""
-    return PGT.spsa(num_pairs, delta, dropout=dropout, scope=scope, max_probes=max_probes, vectorize=vectorize,
-                    seed=seed, carrier=carrier)
+def _pgt_setting(distribution: str, name: str, summary: str) -> Callable[..., PGT]:
+    """A factory for a PGT setting (SPSA, ES): PGT's options less ``r`` and ``distribution``."""
+
+    def factory(num_pairs: int = 32, delta: float = 1e-3, *, dropout: float = 0.0, scope: str = "global",
+                max_probes: int = 256, vectorize: bool = True, seed: int = 0, carrier=None) -> PGT:
+        method = PGT(num_pairs, delta, dropout=dropout, distribution=distribution, scope=scope, max_probes=max_probes,
+                     vectorize=vectorize, seed=seed, carrier=carrier)
+        method.name = name
+        return method
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = summary
+    return factory
 
 
-def _es(
-    num_pairs: int = 32, delta: float = 1e-3, *, dropout: float = 0.0, scope: str = "global", max_probes: int = 256,
-    vectorize: bool = True, seed: int = 0, carrier=None,
-) -> PGT:
-    """Antithetic Gaussian evolution strategies (Salimans et al. 2017): PGT with N(0, 1) directions."""
-    return PGT.es(num_pairs, delta, dropout=dropout, scope=scope, max_probes=max_probes, vectorize=vectorize,
-                  seed=seed, carrier=carrier)
+_spsa = _pgt_setting("rademacher", "spsa", "SPSA (Spall 1992): PGT with Rademacher ±1 directions.")
+_es = _pgt_setting("gaussian", "es", "Antithetic Gaussian evolution strategies (Salimans et al. 2017): PGT with N(0, 1) directions.")
 
 
 _REGISTRY: dict[str, MethodEntry] = {}

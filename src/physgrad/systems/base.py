@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..cost import Cost
-from ..errors import MeasurementError, RangeError, ShapeError
+from ..errors import MeasurementError, RangeError, ShapeError, require_finite
 from .noise import MeasurementNoise
 
 log = logging.getLogger(__name__)
@@ -275,10 +275,7 @@ class PhysicalSystem(abc.ABC):
                     f"(the request was {dtype}): convert the driver's answer to {dtype}"
                 )
             out = out.to(dtype if dtype.is_floating_point else torch.get_default_dtype())
-        if not torch.isfinite(out).all():
-            bad = int((~torch.isfinite(out)).sum())
-            raise MeasurementError(f"{who} returned {bad} non-finite value(s) (NaN/inf) of {out.numel()}")
-        return out.detach()
+        return require_finite(who, "answer", out.detach())
 
     def simulate(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """The noiseless response through autograd: only for the backpropagation oracle.

@@ -36,7 +36,6 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ...cost import Cost
 from ...errors import ConfigError, MeasurementError
 from ...models.energy_model import energy_model_of
 from ...systems.devices.energy.base import check_epsilon
@@ -109,7 +108,7 @@ class Aeqprop(EnergyMethod):
 
     def tell(self, probes: EnergyProbes, answers: list[dict], cotangent: torch.Tensor | None = None) -> Estimate:
         """Equivalent gradient ``−(θ_new − θ) / (ε (β₂ − β₁))`` from the parameters read at the end."""
-        batch = self._check_answers(probes, answers)
+        self._check_answers(probes, answers)
         b1, b2 = probes.betas
         clamped = answers[-1]["report"]
         if not clamped.converged:
@@ -121,7 +120,7 @@ class Aeqprop(EnergyMethod):
         new = self.new_parameters(probes, answers)
         eps = probes.epsilon or self.epsilon_for(list(probes.params))
         grads = {n: -(new[n] - probes.params[n]) / (eps[n] * (b2 - b1)) for n in probes.params}
-        return Estimate(grads, None, Cost(len(answers), len(answers) * batch))
+        return Estimate(grads, None, self.answers_cost(probes, answers))
 
     def new_parameters(self, probes: EnergyProbes, answers: list[dict]) -> dict[str, torch.Tensor]:
         """θ where the physics moved it: the parameters read at the end of the clamped phase."""

@@ -18,8 +18,10 @@ ask/tell: :meth:`EnergyMethod.ask` returns :class:`EnergyProbes` — the list of
 (``probes.answer(device)`` is :func:`run_phases`, what the default carrier calls; a lab may run its
 own rig instead); :meth:`tell` turns the read-outs into an :class:`~physgrad.methods.base.Estimate`.
 The phases of one protocol are never split (``shard`` returns the probes whole): the relaxation of
-a batch is one query and, for Aeqprop, the parameters relax against the whole batch. Cost: one query per relaxation (2 one-sided, 3 centered,
-counting the free phase that gives the prediction and the loss).
+a batch is one query and, for Aeqprop, the parameters relax against the whole batch.
+
+Cost: one query per relaxation (2 one-sided, 3 centered, counting the free phase that gives the
+prediction and the loss); each phase's answer carries what the device counted for it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ...cost import Cost
 from ...errors import ConfigError, ShapeError
 from ...models.energy_model import EnergyModel, energy_model_of
 from ...systems.devices.energy.base import EnergyDevice, RelaxationReport
-from ..base import Bounds, Estimate, GradientMethod, LossFn, accumulate_grads, require_finite
+from ..base import Estimate, check_ask_options, GradientMethod, LossFn, accumulate_grads, require_finite
 
 VARIANTS = ("centered", "optimistic", "pessimistic", "positive", "negative")
 READS = ("output", "energy_gradient", "parameters")
@@ -105,11 +107,14 @@ class EnergyProbes(Probes):
 
 
 def run_phases(device: EnergyDevice, probes: EnergyProbes) -> list[dict]:
-    """Play ``probes`` on ``device``; one dict of read-outs (plus ``"report"``) per phase.
+    """Play ``probes`` on ``device``; one dict of read-outs (plus ``"report"`` and ``"cost"``) per phase.
 
     Each phase starts from where the previous one left the states (a nudging is switched, the
-    device settles again), as a physical device would.
+    device settles again), as a physical device would. ``"cost"`` is what the device counted for
+    the phase (the first includes programming θ, the last switching the nudging off), so the
+    costs of a protocol's answers add up to exactly what the device counted.
     """
+    mark = device.cost
     device.hold_parameters()
     device.set_parameters(probes.params)
     if probes.epsilon is not None:
@@ -131,9 +136,12 @@ def run_phases(device: EnergyDevice, probes: EnergyProbes) -> list[dict]:
         answer: dict = {"report": device.relax(phase.parameter_updates) if phase.parameters == "released" else device.relax()}
         for what in phase.read:
             answer[what] = readers[what]()
+        answer["cost"], mark = device.cost - mark, device.cost
         answers.append(answer)
     device.set_nudging(0.0)
     device.hold_parameters()
+    if answers:
+        answers[-1]["cost"] = answers[-1]["cost"] + (device.cost - mark)
     return answers
 
 
@@ -157,18 +165,14 @@ class EnergyMethod(GradientMethod):
     def epsilon_for(self, names: list[str]) -> dict[str, float] | None:
         return None
 
-    def ask(
-        self,
-        theta: Mapping[str, torch.Tensor],
-        inputs: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        *,
-        bounds: Bounds | None = None,
-        input_bounds: tuple[float, float] | None = None,
-        system: Any = None,
-        input_grad: bool | None = None,
-    ) -> EnergyProbes:
-        """The protocol for one gradient at ``theta`` on a batch ``(inputs, targets)`` (pure)."""
+    def ask(self, theta: Mapping[str, torch.Tensor], inputs: torch.Tensor | None = None,
+            targets: torch.Tensor | None = None, **unused: Any) -> EnergyProbes:
+        """The protocol for one gradient at ``theta`` on a batch ``(inputs, targets)`` (pure).
+
+        The other keywords of the contract (``bounds``, ``input_bounds``, ``system``, ``input_grad``)
+        are accepted and unused: the device's own controllers keep its parameters in range.
+        """
+        check_ask_options(self, unused)
         if inputs is None or targets is None:
             raise ShapeError(f"{self.name}.ask needs the batch: ask(theta, inputs, targets)")
         if inputs.shape[0] != targets.shape[0]:
@@ -194,6 +198,13 @@ class EnergyMethod(GradientMethod):
                 for v in value.values() if isinstance(value, Mapping) else (value,):
                     require_finite(self.name, f"{what!r} read in phase {phase.name!r}", torch.as_tensor(v))
         return probes.inputs.shape[0]
+
+    def answers_cost(self, probes: EnergyProbes, answers: list[dict]) -> Cost:
+        """What the device counted for ``answers`` (their ``"cost"``), or one query of the batch per phase
+        when a rig's answers carry none."""
+        if all("cost" in a for a in answers):
+            return sum((a["cost"] for a in answers), Cost())
+        return Cost(len(answers), len(answers) * probes.inputs.shape[0])
 
     def free_output(self, probes: EnergyProbes, answers: list[dict]) -> torch.Tensor:
         """The output read at the free equilibrium (the prediction)."""
@@ -252,12 +263,12 @@ class EqProp(EnergyMethod):
 
     def tell(self, probes: EnergyProbes, answers: list[dict], cotangent: torch.Tensor | None = None) -> Estimate:
         """``ĝ = [∂E/∂θ(s^β₂) − ∂E/∂θ(s^β₁)] / (β₂ − β₁)``."""
-        batch = self._check_answers(probes, answers)
+        self._check_answers(probes, answers)
         b1, b2 = probes.betas
         g1 = self._answer(probes, answers, "energy_gradient", b1)
         g2 = self._answer(probes, answers, "energy_gradient", b2)
         grads = {n: (g2[n] - g1[n]) / (b2 - b1) for n in probes.params}
-        return Estimate(grads, None, Cost(len(answers), len(answers) * batch))
+        return Estimate(grads, None, self.answers_cost(probes, answers))
 
 
 __all__ = ["EnergyMethod", "EnergyProbes", "EqProp", "Phase", "VARIANTS", "nudging_pair", "run_phases", "EnergyModel"]

@@ -157,17 +157,9 @@ class PerturbationMethod(GradientMethod):
         """The constant ``c`` of ``ĝ = c Σ_k s_k P_k``."""
 
     # ------------------------------------------------------------------ ask / tell
-    def ask(
-        self,
-        theta: Mapping[str, torch.Tensor],
-        inputs: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
-        *,
-        bounds: Bounds | None = None,
-        input_bounds: tuple[float, float] | None = None,
-        system: Any = None,
-        input_grad: bool | None = None,
-    ) -> PerturbationProbes:
+    def ask(self, theta: Mapping[str, torch.Tensor], inputs: torch.Tensor | None = None, targets=None, *,
+            bounds: Bounds | None = None, input_bounds: tuple[float, float] | None = None, system: Any = None,
+            input_grad: bool | None = None) -> PerturbationProbes:
         """All probes for one gradient at ``theta`` (and, for a vector–Jacobian product, ``inputs``).
 
         ``inputs`` given: the probes are a device's outputs (answer with ``system.measure``); their

@@ -49,7 +49,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ....errors import ConfigError, MeasurementError, RangeError, ShapeError
+from ....errors import ConfigError, MeasurementError, RangeError, ShapeError, require_finite
 from ...base import ParameterSpec, PhysicalSystem
 from ...noise import MeasurementNoise
 
@@ -373,9 +373,7 @@ class EnergyDevice(PhysicalSystem):
         out = self.output_of(self._states)[0]
         if self.noise.enabled:
             out = self.noise.apply(out, self.generator)
-        if not torch.isfinite(out).all():
-            raise MeasurementError(f"{type(self).__name__} output contains non-finite values")
-        return out.clone()
+        return require_finite(type(self).__name__, "output", out).clone()
 
     def measure_energy_gradient(self) -> dict[str, torch.Tensor]:
         """``∂E/∂θ`` at the present state (batch mean), for EqProp. Devices may refuse."""
