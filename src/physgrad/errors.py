@@ -50,3 +50,18 @@ def require_finite(who: str, what: str, value):
         bad = int((~finite).sum())
         raise MeasurementError(f"{who}: {bad} non-finite value(s) (NaN/inf) of {value.numel()} in the {what}")
     return value
+
+
+def number_in(name: str, value, low: float = 0.0, high: float = float("inf"), *, what: str = "") -> float:
+    """``value`` as a float in ``(low, high]`` (finite), else :class:`ConfigError` naming ``name``.
+
+    The one check of a method's or device's numeric setting (a step, a nudging, a tolerance).
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not (number == number and abs(number) != float("inf") and low < number <= high):
+        span = f"> {low:g}" if high == float("inf") else f"in ({low:g}, {high:g}]"
+        raise ConfigError(f"{name} must be a finite number {span}{what}, got {value!r}")
+    return number

@@ -30,14 +30,12 @@ controllers and reads θ. Two ways to use it:
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from ...errors import ConfigError, MeasurementError
-from ...models.energy_model import energy_model_of
+from ...errors import ConfigError, MeasurementError, number_in
 from ...systems.devices.energy.base import check_epsilon
 from ..base import Estimate, LossFn, accumulate_grads
 from .eqprop import EnergyMethod, EnergyProbes, Phase
@@ -157,6 +155,4 @@ def equivalent_learning_rate(method: Aeqprop, name: str | None = None) -> float:
     """ε(β₂ − β₁): the SGD learning rate that the physical Aeqprop step corresponds to."""
     b1, b2 = method.betas
     eps = method.epsilon if not isinstance(method.epsilon, dict) else method.epsilon[name]
-    if not math.isfinite(eps):
-        raise ConfigError("epsilon is not finite")
-    return eps * (b2 - b1)
+    return number_in("epsilon", eps, 0.0, 1e3) * (b2 - b1)

@@ -27,7 +27,6 @@ prediction and the loss); each phase's answer carries what the device counted fo
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -36,7 +35,7 @@ from torch import nn
 
 from ...carriers.probes import Probes
 from ...cost import Cost
-from ...errors import ConfigError, ShapeError
+from ...errors import ConfigError, ShapeError, number_in
 from ...models.energy_model import EnergyModel, energy_model_of
 from ...systems.devices.energy.base import EnergyDevice, RelaxationReport
 from ..base import Estimate, check_ask_options, GradientMethod, LossFn, accumulate_grads, require_finite
@@ -50,12 +49,7 @@ def nudging_pair(variant: str, beta: float) -> tuple[float, float]:
     pessimistic/negative ``(−β, 0)``."""
     if variant not in VARIANTS:
         raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    try:
-        beta = float(beta)
-    except (TypeError, ValueError):
-        raise ConfigError(f"beta must be a number, got {beta!r}") from None
-    if not (math.isfinite(beta) and 0.0 < beta <= 1.0):
-        raise ConfigError(f"beta must be a finite number in (0, 1] (a small nudging), got {beta!r}")
+    beta = number_in("beta", beta, 0.0, 1.0, what=" (a small nudging)")
     if variant == "centered":
         return -beta / 2.0, beta / 2.0
     if variant in ("optimistic", "positive"):

@@ -37,7 +37,7 @@ import torch
 
 from ...carriers.probes import Probes, split_points
 from ...cost import Cost
-from ...errors import ConfigError, RangeError, ShapeError
+from ...errors import ConfigError, RangeError, ShapeError, number_in
 from ..base import Bounds, Estimate, GradientMethod, flat_bounds, require_finite, scaled_cost, unflatten
 
 Directions = tuple[torch.Tensor, torch.Tensor | None]  # ([k, D], [k, B, *input_shape] or None)
@@ -138,11 +138,9 @@ class PerturbationMethod(GradientMethod):
         carrier=None,
     ) -> None:
         super().__init__(scope, seed, carrier=carrier)
-        if not (delta > 0 and math.isfinite(delta)):
-            raise ConfigError(f"delta must be a finite number > 0, got {delta!r}")
         if max_probes < 1:
             raise ConfigError(f"max_probes must be >= 1, got {max_probes}")
-        self.delta = float(delta)
+        self.delta = number_in("delta", delta)
         self.max_probes = int(max_probes)
         self.vectorize = bool(vectorize)
         self._bounds = FlatBounds()

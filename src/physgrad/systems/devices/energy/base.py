@@ -49,7 +49,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ....errors import ConfigError, MeasurementError, RangeError, ShapeError, require_finite
+from ....errors import ConfigError, MeasurementError, RangeError, ShapeError, number_in, require_finite
 from ...base import ParameterSpec, PhysicalSystem
 from ...noise import MeasurementNoise
 
@@ -73,13 +73,7 @@ class RelaxationReport:
 
 def check_epsilon(epsilon: float, what: str = "epsilon") -> float:
     """A spring softness ``ε`` must be a finite number in (0, 1e3]."""
-    try:
-        value = float(epsilon)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number, got {epsilon!r}") from None
-    if not (math.isfinite(value) and 0.0 < value <= 1e3):
-        raise ConfigError(f"{what} must be a finite number in (0, 1000], got {epsilon!r}")
-    return value
+    return number_in(what, epsilon, 0.0, 1e3)
 
 
 class EnergyDevice(PhysicalSystem):
@@ -130,8 +124,7 @@ class EnergyDevice(PhysicalSystem):
         super().__init__(
             input_shape, output_shape, parameters, input_range=input_range, guard=guard, noise=noise, seed=seed
         )
-        if not (tolerance > 0 and math.isfinite(tolerance)):
-            raise ConfigError(f"tolerance must be a finite number > 0, got {tolerance!r}")
+        number_in("tolerance", tolerance)
         if int(max_sweeps) < 1:
             raise ConfigError(f"max_sweeps must be >= 1, got {max_sweeps!r}")
         if on_nonconvergence not in ("warn", "raise"):
