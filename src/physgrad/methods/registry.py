@@ -4,7 +4,7 @@
 
     from physgrad.methods.registry import make_method, method_names, method_entry
 
-    method_names()                      # ('pgt', 'spsa', 'es', 'fd', 'hge', 'eqprop', 'aeqprop', 'backprop')
+    method_names()                      # ['pgt', 'spsa', 'es', 'fd', 'backprop', 'hge', 'eqprop', 'aeqprop']
     entry = method_entry("hge")
     entry.kind                          # 'waveform' (static | waveform | energy | oracle)
     entry.options                       # {'window_s': 0.1, 'frequencies': None, ...} from the factory's signature
@@ -13,7 +13,8 @@
 
 ``kind`` says what a device must offer: ``static`` (``measure``), ``waveform`` (a time-domain
 device, ``measure_waveform``), ``energy`` (relaxation phases of an energy-based device) or
-``oracle`` (a differentiable simulator). ``defaults`` are the option values the command line uses
+``oracle`` (a differentiable simulator). ``default_dataset`` is a dataset name or a task the
+paper's device takes (HGE: ``sphere``, the DNPU's small classification task). ``defaults`` are the option values the command line uses
 when nothing else is given (small and quick; not the papers' full settings). A later method
 registers itself with :func:`register_method`.
 """
@@ -50,13 +51,12 @@ class MethodEntry:
 
     @property
     def options(self) -> dict[str, Any]:
-        """Option name → default, read from the factory's signature (``inspect.Parameter.empty``: required)."""
-        out = {}
-        for p in inspect.signature(self.factory).parameters.values():
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
-            out[p.name] = p.default
-        return out
+        """Option name → default, read from the factory's signature (``None`` where an option has no default)."""
+        return {
+            p.name: (None if p.default is inspect.Parameter.empty else p.default)
+            for p in inspect.signature(self.factory).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Refuse option names the factory does not take, naming the ones it does."""
@@ -86,7 +86,7 @@ _spsa = _pgt_setting("rademacher", "spsa", "SPSA (Spall 1992): PGT with Rademach
 _es = _pgt_setting("gaussian", "es", "Antithetic Gaussian evolution strategies (Salimans et al. 2017): PGT with N(0, 1) directions.")
 
 
-_REGISTRY: dict[str, MethodEntry] = {}
+REGISTRY: dict[str, MethodEntry] = {}
 
 
 def register_method(entry: MethodEntry) -> None:
@@ -94,7 +94,7 @@ def register_method(entry: MethodEntry) -> None:
     if entry.kind not in KINDS:
         raise ConfigError(f"method {entry.name!r}: kind must be one of {KINDS}, got {entry.kind!r}")
     entry.check_options(entry.defaults)
-    _REGISTRY[entry.name] = entry
+    REGISTRY[entry.name] = entry
 
 
 _HYBRID = "reservoir"  # the reservoir hybrid network (digital -> reservoir device -> read-out)
@@ -107,30 +107,30 @@ for _entry in (
                 "antithetic evolution strategies (PGT setting)"),
     MethodEntry("fd", FiniteDifference, "static", _HYBRID, "digits", {"scope": "local", "delta": 1e-2},
                 "central finite differences (baseline)"),
-    MethodEntry("hge", HGE, "waveform", "dnpu-time", "digits", {},
+    MethodEntry("backprop", Backprop, "oracle", _HYBRID, "digits", {},
+                "backpropagation through the differentiable simulator (the oracle)"),
+    MethodEntry("hge", HGE, "waveform", "dnpu-time", "sphere", {},
                 "homodyne gradient extraction on a time-domain device (Boon et al. 2021/2025)"),
     MethodEntry("eqprop", EqProp, "energy", "hopfield", "digits", {},
                 "equilibrium propagation (Scellier & Bengio 2017)"),
     MethodEntry("aeqprop", Aeqprop, "energy", "hopfield", "digits", {},
                 "agnostic equilibrium propagation (Scellier et al. 2022)"),
-    MethodEntry("backprop", Backprop, "oracle", _HYBRID, "digits", {},
-                "backpropagation through the differentiable simulator (the oracle)"),
 ):
     register_method(_entry)
 del _entry
 
 
-def method_names() -> tuple[str, ...]:
+def method_names() -> list[str]:
     """The registered method names, in registration order."""
-    return tuple(_REGISTRY)
+    return list(REGISTRY)
 
 
 def method_entry(name: str) -> MethodEntry:
     """The registry entry of ``name`` (:class:`ConfigError` naming the choices when unknown)."""
     try:
-        return _REGISTRY[name]
+        return REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose one of {list(_REGISTRY)}") from None
+        raise ConfigError(f"unknown method {name!r}; choose one of {list(REGISTRY)}") from None
 
 
 def make_method(name: str, **options: Any) -> GradientMethod:
@@ -140,4 +140,4 @@ def make_method(name: str, **options: Any) -> GradientMethod:
     return entry.factory(**options)
 
 
-__all__ = ["KINDS", "MethodEntry", "make_method", "method_entry", "method_names", "register_method"]
+__all__ = ["KINDS", "MethodEntry", "REGISTRY", "make_method", "method_entry", "method_names", "register_method"]
