@@ -38,7 +38,7 @@ import torch
 from ...carriers.probes import Probes, split_points
 from ...cost import Cost
 from ...errors import ConfigError, RangeError, ShapeError, number_in
-from ..base import Bounds, Estimate, GradientMethod, flat_bounds, require_finite, scaled_cost, unflatten
+from ..base import Bounds, Estimate, GradientMethod, NetworkLoss, flat_bounds, require_finite, scaled_cost, unflatten
 
 Directions = tuple[torch.Tensor, torch.Tensor | None]  # ([k, D], [k, B, *input_shape] or None)
 
@@ -74,7 +74,7 @@ class PerturbationProbes(Probes):
         return int(self.directions.shape[0])
 
     def answer(self, system: Any) -> torch.Tensor:
-        if self.inputs is None and not hasattr(system, "loss"):
+        if self.inputs is None and not isinstance(system, NetworkLoss):
             raise ShapeError(
                 "these probes carry no inputs (global scope): answer each setting with your network's loss, "
                 "or ask with inputs= for a device's outputs"
