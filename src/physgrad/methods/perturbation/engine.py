@@ -64,6 +64,7 @@ class PerturbationProbes(Probes):
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     per_probe_inputs: bool = True
     per_query: Cost | None = None  # what one query costs on the device asked for (None: not declared)
+    one_by_one: bool = False  # answer setting by setting (``vectorize=False``) instead of in one batched call
 
     @property
     def count(self) -> int:
@@ -79,7 +80,14 @@ class PerturbationProbes(Probes):
                 "these probes carry no inputs (global scope): answer each setting with your network's loss, "
                 "or ask with inputs= for a device's outputs"
             )
-        return system.measure(self.params, self.inputs)
+        if not self.one_by_one:
+            return system.measure(self.params, self.inputs)
+        per_probe = self.inputs is not None and self.per_probe_inputs
+        return torch.cat([
+            system.measure({n: v[i : i + 1] for n, v in self.params.items()},
+                           self.inputs[i : i + 1] if per_probe else self.inputs)
+            for i in range(self.count)
+        ])
 
     def _pairs(self, value: torch.Tensor, a: int, b: int) -> torch.Tensor:
         k = self.pairs
@@ -95,7 +103,7 @@ class PerturbationProbes(Probes):
                 self._pairs(self.inputs, a, b) if self.inputs is not None and self.per_probe_inputs else self.inputs,
                 self.directions[a:b],
                 None if self.input_directions is None else self.input_directions[a:b],
-                self.step, self.normaliser, self.shapes, self.per_probe_inputs, self.per_query,
+                self.step, self.normaliser, self.shapes, self.per_probe_inputs, self.per_query, self.one_by_one,
             )
             for a, b in spans
         ]
@@ -122,7 +130,7 @@ class PerturbationMethod(GradientMethod):
         At most this many probe pairs per device call (a memory bound; the estimator is the same:
         the probes are sharded, the answers joined).
     vectorize:
-        Evaluate all probes of a call in one batched call (default) or one pair per call.
+        Evaluate all probes of a call in one batched call (default) or one by one.
     carrier:
         What carries probes to a device (default :class:`~physgrad.carriers.InProcess`).
     """
@@ -197,18 +205,16 @@ class PerturbationMethod(GradientMethod):
             per_query = Cost(1, int(inputs.shape[0]), float(getattr(system, "seconds_per_query", 0.0) or 0.0))
         return PerturbationProbes(
             params, probe_inputs, directions, input_dirs, self.delta, self.normaliser(dim, in_shape), shapes,
-            perturb_inputs, per_query,
+            perturb_inputs, per_query, not self.vectorize,
         )
 
     def parts(self, probes: PerturbationProbes) -> int:
-        if not self.vectorize:
-            return probes.pairs
         return -(-probes.pairs // self.max_probes)
 
     def answer_network(self, network, probes: PerturbationProbes, theta: Mapping[str, torch.Tensor]):
         """The losses at the ``2K`` settings and at θ itself in one batched evaluation (one device call
         per layer instead of two) when the probes go in one part; otherwise as the base class does."""
-        if self.parts(probes) != 1 or not network.vectorize:
+        if self.parts(probes) != 1 or not self.vectorize:
             return super().answer_network(network, probes, theta)
         rows = {n: torch.cat([v, theta[n].unsqueeze(0).to(v.dtype)]) for n, v in probes.params.items()}
         losses = network.measure(rows)
