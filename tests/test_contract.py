@@ -328,6 +328,26 @@ def test_carrier_in_parts_gives_the_same_estimate():
     assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])
 
 
+def test_energy_probes_split_along_samples_only_while_parameters_are_held():
+    from physgrad.methods import EqProp
+
+    device = device_for("energy")
+    x, y = batch_for("energy", device)
+    theta = {n: p.detach() for n, p in start_params(device).items()}
+    method = EqProp(beta=0.1)
+    probes = method.ask(theta, x, y)
+    parts = probes.shard(4)
+    assert len(parts) == 4 and sum(p.inputs.shape[0] for p in parts) == x.shape[0]
+    assert all(len(p.phases) == len(probes.phases) for p in parts)
+    whole = method.tell(probes, probes.answer(device))
+    before = device.cost
+    split = method.tell(probes, probes.join([p.answer(device) for p in parts]))
+    assert split.cost == device.cost - before and split.cost.queries == 4 * len(probes.phases)
+    for n in whole.grads:
+        assert torch.allclose(whole.grads[n], split.grads[n], rtol=1e-5, atol=1e-8), n
+    assert Aeqprop(beta=0.1).ask(theta, x, y).shard(4)[0].inputs.shape[0] == x.shape[0]  # θ released: whole
+
+
 # ------------------------------------------------------------------------------ cost == counted
 @pytest.mark.parametrize("name", EIGHT)
 def test_the_reported_cost_is_what_the_device_counted(name):

@@ -17,8 +17,9 @@ ask/tell: :meth:`EnergyMethod.ask` returns :class:`EnergyProbes` — the list of
 (nudging, parameters held or released, what to read); an energy device answers them
 (``probes.answer(device)`` is :func:`run_phases`, what the default carrier calls; a lab may run its
 own rig instead); :meth:`tell` turns the read-outs into an :class:`~physgrad.methods.base.Estimate`.
-The phases of one protocol are never split (``shard`` returns the probes whole): the relaxation of
-a batch is one query and, for Aeqprop, the parameters relax against the whole batch.
+The phases of one sample are never split: ``shard`` splits the batch (every part plays all the
+phases; with θ held the samples relax independently), except when a phase releases θ (Aeqprop's
+clamped phase), which relaxes against the whole batch.
 
 Cost: one query per relaxation (2 one-sided, 3 centered, counting the free phase that gives the
 prediction and the loss); each phase's answer carries what the device counted for it.
@@ -27,13 +28,13 @@ prediction and the loss); each phase's answer carries what the device counted fo
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ...carriers.probes import Probes
+from ...carriers.probes import Probes, split_points
 from ...cost import Cost
 from ...errors import ConfigError, ShapeError, number_in
 from ...models.energy_model import EnergyModel, energy_model_of
@@ -98,6 +99,51 @@ class EnergyProbes(Probes):
         if not isinstance(system, EnergyDevice):
             raise ConfigError(f"energy-phase probes need an energy-based device, got {type(system).__name__}")
         return run_phases(system, self)
+
+    def shard(self, n: int) -> list["EnergyProbes"]:
+        """Parts along the samples, every part with all the phases; whole when a phase releases θ.
+
+        With θ held the samples relax independently (the energy is a sum over samples), so a part of
+        the batch reaches the same equilibria; a released θ relaxes against the whole batch, so an
+        Aeqprop protocol is never split. Each part costs ``count`` queries of its own.
+        """
+        spans = split_points(int(self.inputs.shape[0]), n)
+        if len(spans) == 1 or any(p.parameters == "released" for p in self.phases):
+            return [self]
+        return [replace(self, inputs=self.inputs[a:b], targets=self.targets[a:b]) for a, b in spans]
+
+    def join(self, parts: Sequence[list[dict]]) -> list[dict]:
+        """Per phase: outputs concatenated, batch-mean read-outs averaged by part size, costs added."""
+        if len(parts) == 1:
+            return parts[0]
+        sizes = torch.tensor([float(_batch_of(p)) for p in parts])
+        weights = sizes / sizes.sum()
+        joined = []
+        for i in range(len(self.phases)):
+            answers = [p[i] for p in parts]
+            one: dict = {}
+            for key in answers[0]:
+                values = [a[key] for a in answers]
+                if key == "output":
+                    one[key] = torch.cat(values)
+                elif key == "report":
+                    one[key] = RelaxationReport(sum(r.sweeps for r in values), all(r.converged for r in values),
+                                                max(r.residual for r in values))
+                elif key == "cost":
+                    one[key] = sum(values, Cost())
+                elif isinstance(values[0], Mapping):
+                    one[key] = {n: sum(w * v[n] for w, v in zip(weights.tolist(), values)) for n in values[0]}
+                else:
+                    raise ShapeError(f"cannot join the read-out {key!r} of split energy probes")
+            joined.append(one)
+        return joined
+
+
+def _batch_of(answers: list[dict]) -> int:
+    for a in answers:
+        if "output" in a:
+            return int(a["output"].shape[0])
+    raise ShapeError("the answers of a split energy protocol need the free phase's output (its batch size)")
 
 
 def run_phases(device: EnergyDevice, probes: EnergyProbes) -> list[dict]:
