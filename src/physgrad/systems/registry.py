@@ -228,6 +228,20 @@ def check_arguments(spec: str, factory: Callable, kwargs: dict) -> None:
         raise ConfigError(f"device {spec!r} takes no argument(s) {unknown}; it takes {names}")
 
 
+def json_object(text: str) -> dict:
+    """``--device-args``/``--method-options`` text as a dict (an argparse ``type``: bad JSON is a usage error)."""
+    import argparse
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}): {text!r}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"size\": 64}}', got {text!r}")
+    return value
+
+
 def accepts(spec: str, name: str) -> bool:
     """Whether the device factory of ``spec`` takes the keyword ``name`` (explicitly or via ``**kwargs``)."""
     return _accepts(resolve(spec), name)
@@ -241,4 +255,4 @@ def _accepts(factory: Callable, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-__all__ = ["BUILTINS", "DeviceEntry", "accepts", "device_entry", "device_names", "is_builtin", "make_device", "resolve"]
+__all__ = ["BUILTINS", "DeviceEntry", "accepts", "json_object", "device_entry", "device_names", "is_builtin", "make_device", "resolve"]
