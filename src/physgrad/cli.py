@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .errors import PhysgradError
+from .errors import ConfigError, PhysgradError
 from .experiments.config import TrainConfig, run
 from .experiments.report import make_report
 from .systems.registry import json_object
@@ -74,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p_train.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
 
     p_run = sub.add_parser("run", help="train one or more JSON config files")
-    p_run.add_argument("configs", nargs="+", type=Path)
+    p_run.add_argument("configs", nargs="+", type=Path,
+                       help="config files, or names of the bundled paper configs: "
+                            + ", ".join(sorted(p.stem for p in (Path(__file__).parent / "experiments" / "configs").glob("*.json"))))
     p_run.add_argument("--out", type=Path, required=True, help="parent folder; one sub-folder per config")
     for flag, kind in (("--epochs", int), ("--train-samples", int), ("--test-samples", int), ("--seed", int)):
         p_run.add_argument(flag, type=kind, default=None, help="override this key of every config (quick versions)")
@@ -117,13 +120,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, entry in BUILTINS.items():
             print(f"{name:<10} {entry.kind:<9} {entry.description}" if args.long else name)
     elif args.command == "train":
-        cfg = _train_config(args)
+        try:
+            cfg = _train_config(args)
+        except ConfigError as e:  # name the flag the user typed
+            raise ConfigError(re.sub(r"config key '(\w+)'", lambda m: f"--{m.group(1).replace('_', '-')}", str(e))) from e
         out = args.out or Path("runs") / cfg.label
         last = run(cfg, out, resume=not args.no_resume)[-1]
         print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
               f"-> {out}/metrics.jsonl")
     elif args.command == "run":
         overrides = _overrides(args)
+        args.configs = [_config_path(c) for c in args.configs]
         configs = [TrainConfig.from_file(c, **overrides) for c in args.configs]  # validate all before training any
         stems = [c.stem for c in args.configs]
         names = [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
@@ -140,6 +147,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         serve_from_args(args)
     return 0
+
+
+CONFIGS = Path(__file__).parent / "experiments" / "configs"
+
+
+def _config_path(path: Path) -> Path:
+    """A config file, or the name of one of the bundled paper configs (``physgrad run hge_dnpu_sphere``)."""
+    if path.exists():
+        return path
+    bundled = CONFIGS / (path.name if path.suffix == ".json" else f"{path.name}.json")
+    return bundled if bundled.exists() else path
 
 
 def _check_device(args: argparse.Namespace) -> int:

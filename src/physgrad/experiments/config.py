@@ -29,7 +29,7 @@ from .tasks import DATASETS, MODELS, build_model, load_task
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 RESERVOIRS = {"random": "reservoir", "ring": "ring"}  # the legacy ``reservoir`` key -> a registry device
 LEGACY_METHOD_KEYS = ("num_pairs", "delta", "r", "dropout")  # top-level shorthands, given where a method takes them
-DEFAULT_LR = {"hge": 0.02, "eqprop": 0.02, "aeqprop": 0.02}  # when ``lr`` is None (else see ``learning_rate``)
+DEFAULT_LR = {"hge": 0.02}  # when ``lr`` is None (else see ``learning_rate``)
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adam"  # adam | sgd | adamw
-    lr: float | None = None  # None: 3e-3 for backprop and local scope, 1e-3 for global forward-only (HGE/energy: 0.02)
+    lr: float | None = None  # None: 3e-3 for backprop and local scope, 1e-3 for global forward-only (HGE: 0.02)
     momentum: float = 0.0  # heavy-ball momentum of sgd (the PGT benchmarks' choice for the global scope: 0.9)
     seed: int = 0
     num_pairs: int = 32
@@ -175,7 +175,8 @@ class TrainConfig:
             return self.lr
         if self.method in DEFAULT_LR:
             return DEFAULT_LR[self.method]
-        return 1e-3 if (self.method != "backprop" and self.scope == "global") else 3e-3
+        global_scope = "scope" in self.entry.options and self.method != "backprop" and self.scope == "global"
+        return 1e-3 if global_scope else 3e-3
 
     @property
     def label(self) -> str:
@@ -207,9 +208,9 @@ def device_spec(cfg: TrainConfig) -> tuple[str, dict]:
     else:
         spec = cfg.device
     kwargs = dict(cfg.device_args)
-    if accepts(spec, "seed") and is_builtin(spec):
+    if is_builtin(spec) and accepts(spec, "seed"):
         kwargs.setdefault("seed", cfg.device_seed)
-    if cfg.noise and accepts(spec, "noise") and is_builtin(spec):
+    if cfg.noise and is_builtin(spec) and accepts(spec, "noise"):
         kwargs.setdefault("noise", cfg.noise)
     return spec, kwargs
 
