@@ -138,3 +138,15 @@ def test_a_config_error_names_the_file(tmp_path):
     path.write_text(json.dumps({"method": "hge", "method_options": {"windw_s": 1}}))
     with pytest.raises(ConfigError, match=r"typo.json: config key 'method_options'.*\['windw_s'\]"):
         TrainConfig.from_file(path)
+
+
+def test_hge_on_a_static_device_plays_it_in_the_time_domain_and_mismatches_are_explained():
+    from physgrad.systems import TimeDomainDevice
+
+    small = {"train_samples": 32, "test_samples": 16}
+    _, model, _, _ = build(TrainConfig.from_dict({"method": "hge", "device": "dnpu", **small}))
+    assert isinstance(model.device.system, TimeDomainDevice)
+    with pytest.raises(ConfigError, match="EqProp/Aeqprop need a model that is an EnergyModel"):
+        build(TrainConfig.from_dict({"method": "eqprop", "device": "reservoir", **small}))
+    with pytest.raises(ConfigError, match="plays waveforms; a device server answers static measurements only"):
+        build(TrainConfig.from_dict({"method": "hge", "device": "tcp://127.0.0.1:1", "token_file": __file__, **small}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
@@ -25,6 +26,8 @@ from ..systems.base import PhysicalSystem
 from ..systems.registry import accepts, is_builtin, make_device
 from ..training.trainer import Trainer
 from .tasks import DATASETS, MODELS, build_model, load_task
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 RESERVOIRS = {"random": "reservoir", "ring": "ring"}  # the legacy ``reservoir`` key -> a registry device
@@ -239,10 +242,33 @@ def build_device(cfg: TrainConfig, data=None) -> PhysicalSystem:
             raise ConfigError("config key 'token_file' is needed to train a device server's device (tcp://...)")
         if not Path(cfg.token_file).exists():
             raise ConfigError(f"config key 'token_file': {cfg.token_file} not found (the server writes it)")
+        if cfg.entry.kind == "waveform":
+            raise ConfigError(f"method {cfg.method!r} plays waveforms; a device server answers static measurements "
+                              "only: choose a static method (pgt, spsa, es, fd)")
+        if cfg.entry.kind == "energy":
+            raise ConfigError(f"method {cfg.method!r} needs an energy device; a device server answers static "
+                              "measurements only: choose a static method (pgt, spsa, es, fd)")
         return RemoteSystem(spec, read_or_create_token(cfg.token_file), **kwargs)
     if data is not None and is_builtin(spec):
         kwargs = _sized_for(spec, kwargs, data)
-    return make_device(spec, **kwargs)
+    device = make_device(spec, **kwargs)
+    if cfg.entry.kind == "waveform":
+        device = as_waveform_device(device, seed=cfg.device_seed)
+    return device
+
+
+def as_waveform_device(device: PhysicalSystem, seed: int = 0) -> PhysicalSystem:
+    """A static device in the time domain, for a waveform method (HGE): a DNPU with the HGE paper's
+    measurement settings, any other device with :class:`TimeDomainDevice`'s defaults."""
+    from ..systems.devices.dnpu import DNPU, time_domain_dnpu
+    from ..systems.wrappers.timedomain import TimeDomainDevice
+
+    if isinstance(device, TimeDomainDevice):
+        return device
+    log.info("wrapping %s in the time domain for a waveform method", type(device).__name__)
+    if isinstance(device, DNPU):
+        return time_domain_dnpu(device, seed=seed)
+    return TimeDomainDevice(device, seed=seed)
 
 
 def default_model(device: PhysicalSystem) -> str:
