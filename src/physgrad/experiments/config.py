@@ -295,6 +295,10 @@ def build(cfg: TrainConfig, data=None):
         data = load_data(cfg)
     device = build_device(cfg, data)
     model = build_model(cfg.model or default_model(device), data, device, seed=cfg.seed, options=cfg.model_options)
+    if cfg.entry.kind == "energy":
+        from ..models.energy_model import energy_model_of
+
+        energy_model_of(model)  # EqProp/Aeqprop nudge the device itself: say so now, not at the first step
     method = cfg.make_method()
     extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.learning_rate, **extra)
