@@ -140,3 +140,17 @@ def test_demo_quick_prints_the_comparison(tmp_path, capsys):
     for label in ("backprop", "pgt-local", "pgt-global"):
         assert f"| {label} |" in out
     assert (tmp_path / "report.md").exists()
+
+
+def test_train_without_out_writes_runs_label_and_run_gives_each_config_its_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--method", "backprop", "--epochs", "1", "--train-samples", "32", "--test-samples", "16"]) == 0
+    assert read_metrics(tmp_path / "runs" / "backprop" / "metrics.jsonl")[-1]["queries"] > 0
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "same.json").write_text(json.dumps({"method": "spsa", "num_pairs": 2}))
+    assert main(["run", "a/same.json", "b/same.json", "--epochs", "1", "--train-samples", "32", "--test-samples", "16",
+                 "--out", "R"]) == 0
+    assert (tmp_path / "R" / "same-0" / "metrics.jsonl").exists() and (tmp_path / "R" / "same-1" / "metrics.jsonl").exists()
+    assert main(["run", "missing.json", "--out", "R"]) == 2
+    assert "config file missing.json not found" in capsys.readouterr().err
