@@ -148,5 +148,7 @@ def test_hge_on_a_static_device_plays_it_in_the_time_domain_and_mismatches_are_e
     assert isinstance(model.device.system, TimeDomainDevice)
     with pytest.raises(ConfigError, match="EqProp/Aeqprop need a model that is an EnergyModel"):
         build(TrainConfig.from_dict({"method": "eqprop", "device": "reservoir", **small}))
+    with pytest.raises(ConfigError, match=r"'backprop' needs a differentiable simulator; \['Rig'\]"):
+        build(TrainConfig.from_dict({"method": "backprop", "device": "tests._user_device:Rig", **small}))
     with pytest.raises(ConfigError, match="plays waveforms; a device server answers static measurements only"):
         build(TrainConfig.from_dict({"method": "hge", "device": "tcp://127.0.0.1:1", "token_file": __file__, **small}))

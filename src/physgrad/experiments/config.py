@@ -299,6 +299,13 @@ def build(cfg: TrainConfig, data=None):
         from ..models.energy_model import energy_model_of
 
         energy_model_of(model)  # EqProp/Aeqprop nudge the device itself: say so now, not at the first step
+    if cfg.entry.kind == "oracle":
+        from ..models.physical_layer import systems_of
+
+        opaque = [type(s).__name__ for s in systems_of(model) if not s.differentiable]
+        if opaque:
+            raise ConfigError(f"method {cfg.method!r} needs a differentiable simulator; {opaque} is not one "
+                              "(train it with a forward-only method: pgt, spsa, es, fd)")
     method = cfg.make_method()
     extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.learning_rate, **extra)
