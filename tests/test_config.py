@@ -60,3 +60,95 @@ def test_the_ring_can_be_named_as_the_reservoir():
     data, model, _, _ = build(TrainConfig(reservoir="ring", reservoir_size=40))
     assert isinstance(model.reservoir.system, AutoOscillationRing)
     assert model(data.x_test[:3]).shape == (3, 10)
+
+
+# ------------------------------------------------------------------ every method, device and model through one config
+from pathlib import Path  # noqa: E402
+
+from physgrad.cli import main  # noqa: E402
+from physgrad.training import read_metrics  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent.parent / "src" / "physgrad" / "experiments" / "configs"
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"method": "pgt", "method_options": {"pairs": 3}}, r"'method_options': method 'pgt' has no option\(s\) \['pairs'\]; its options are \["),
+    ({"method": "aeqprop", "method_options": {"variant": "sideways"}}, "'method_options' \\(aeqprop"),
+    ({"method": "hge", "method_options": {"window_s": 0}}, "window_s must be a finite number > 0"),
+    ({"method_options": [1]}, "'method_options' must be dict"),
+    ({"device_args": "big"}, "'device_args' must be dict"),
+    ({"lr": -1}, "config key 'lr' must be > 0, got -1"),
+    ({"model": "cathedral"}, "config key 'model': unknown value 'cathedral'; choose one of"),
+    ({"train_samples": 0}, "'train_samples' must be >= 1"),
+])
+def test_method_options_and_new_keys_are_checked(data, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(data)
+
+
+def test_method_options_reach_the_method_and_override_the_shorthands():
+    cfg = TrainConfig.from_dict({"method": "pgt", "num_pairs": 4, "method_options": {"num_pairs": 6, "r": 2}})
+    method = cfg.make_method()
+    assert method.num_pairs == 6 and method.r == 2 and method.scope == "local"
+    hge = TrainConfig.from_dict({"method": "hge", "method_options": {"window_s": 0.05, "mode": "sequential"}}).make_method()
+    assert hge.window_s == 0.05 and hge.mode == "sequential"
+    aeq = TrainConfig.from_dict({"method": "aeqprop", "method_options": {"beta": 0.1, "variant": "optimistic"}}).make_method()
+    assert aeq.beta == 0.1 and aeq.variant == "optimistic"
+
+
+def test_each_kind_of_method_gets_a_device_and_model_of_its_kind():
+    from physgrad.models import EnergyModel, ReservoirTransformer
+    from physgrad.systems import HopfieldNetwork, TimeDomainDevice
+
+    small = {"train_samples": 32, "test_samples": 16}
+    _, model, method, _ = build(TrainConfig.from_dict({"method": "hge", **small}))
+    assert isinstance(model.device.system, TimeDomainDevice) and method.name == "hge"
+    assert model.device.system.input_shape == (3,)  # the sphere task's three coordinates on three electrodes
+    _, model, method, _ = build(TrainConfig.from_dict({"method": "eqprop", **small}))
+    assert isinstance(model, EnergyModel) and isinstance(model.device, HopfieldNetwork)
+    assert model.device.sizes[0] == 64 and model.device.sizes[-1] == 10  # sized for digits
+    _, model, _, _ = build(TrainConfig.from_dict({"method": "pgt", "model": "transformer", "device": "ring", **small}))
+    assert isinstance(model, ReservoirTransformer)
+    _, model, _, _ = build(TrainConfig.from_dict({"method": "spsa", "device": "tests._user_device:Rig", **small}))
+    assert type(model.reservoir.system).__name__ == "Rig"
+
+
+def test_the_paper_configs_validate():
+    names = sorted(p.stem for p in CONFIGS.glob("*.json"))
+    assert {"pgt_reservoir_digits", "pgt_ring_transformer", "hge_dnpu_sphere", "aeqprop_hopfield_digits",
+            "eqprop_hopfield_digits"} <= set(names)
+    methods = {TrainConfig.from_file(CONFIGS / f"{n}.json").method for n in names}
+    assert {"pgt", "hge", "aeqprop", "eqprop"} <= methods
+
+
+def test_physgrad_run_reproduces_every_paper_config_quickly(tmp_path, capsys):
+    """Quick versions (one epoch on a few samples) of every bundled config, each in its own folder."""
+    names = sorted(p.stem for p in CONFIGS.glob("*.json"))
+    argv = ["run", *names, "--epochs", "1", "--train-samples", "48", "--test-samples", "32", "--out", str(tmp_path)]
+    assert main(argv) == 0, capsys.readouterr().err
+    for name in names:
+        last = read_metrics(tmp_path / name / "metrics.jsonl")[-1]
+        assert "test_accuracy" in last and last["queries"] > 0, name
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        assert saved["epochs"] == 1 and saved["train_samples"] == 48
+
+
+def test_a_config_error_names_the_file(tmp_path):
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps({"method": "hge", "method_options": {"windw_s": 1}}))
+    with pytest.raises(ConfigError, match=r"typo.json: config key 'method_options'.*\['windw_s'\]"):
+        TrainConfig.from_file(path)
+
+
+def test_hge_on_a_static_device_plays_it_in_the_time_domain_and_mismatches_are_explained():
+    from physgrad.systems import TimeDomainDevice
+
+    small = {"train_samples": 32, "test_samples": 16}
+    _, model, _, _ = build(TrainConfig.from_dict({"method": "hge", "device": "dnpu", **small}))
+    assert isinstance(model.device.system, TimeDomainDevice)
+    with pytest.raises(ConfigError, match="EqProp/Aeqprop need a model that is an EnergyModel"):
+        build(TrainConfig.from_dict({"method": "eqprop", "device": "reservoir", **small}))
+    with pytest.raises(ConfigError, match=r"'backprop' needs a differentiable simulator; \['Rig'\]"):
+        build(TrainConfig.from_dict({"method": "backprop", "device": "tests._user_device:Rig", **small}))
+    with pytest.raises(ConfigError, match="plays waveforms; a device server answers static measurements only"):
+        build(TrainConfig.from_dict({"method": "hge", "device": "tcp://127.0.0.1:1", "token_file": __file__, **small}))

@@ -2,33 +2,58 @@
 
 ::
 
-    physgrad demo [--out DIR] [--quick]
-    physgrad train --method pgt --scope local --dataset digits --epochs 20 --seed 0 --out runs/pgt
-    physgrad run CONFIG.json [CONFIG.json ...] --out runs/   # one folder per config
+    physgrad methods                                  # registered gradient methods, one per line
+    physgrad devices [--long]                         # built-in devices (module:Class is accepted too)
+    physgrad train --method M [--epochs N] [--out DIR]                       # M's paper device and dataset
+    physgrad train --method hge --device dnpu-time --dataset sphere --out runs/hge
+    physgrad train --method pgt --device my_lab.rig:Rig --device-args '{"port": 5}' --method-options '{"num_pairs": 8}'
+    physgrad train --method pgt --device tcp://127.0.0.1:5555 --token-file TOKEN --out runs/remote
+    physgrad run CONFIG.json [CONFIG.json ...] --out runs/ [--epochs N --train-samples N]   # one folder per config
+    physgrad check-device my_lab.rig:Rig [--device-args '{...}']          # conformance check, exit 0 = conforms
+    physgrad serve --device my_lab.rig:Rig --device-args '{...}' --token-file TOKEN --port 5555
     physgrad report runs/a runs/b --out report/
-    physgrad serve --device reservoir --address tcp://127.0.0.1:5555 --token-file TOKEN   # a device server
+    physgrad demo [--out DIR] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .errors import PhysgradError
+from .errors import ConfigError, PhysgradError
 from .experiments.config import TrainConfig, run
 from .experiments.report import make_report
+from .systems.registry import json_object
+
+# the flags of ``train`` that are not plain config keys, or that take JSON
+JSON_KEYS = ("method_options", "device_args", "model_options")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    types = {"str": str, "int": int, "float": float}
+    types = {"str": str, "int": int, "float": float, "dict": json_object}
     for f in fields(TrainConfig):
         kind = types[f.type.replace(" | None", "")]
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=getattr(defaults, f.name),
-                       help=f"(default: {getattr(defaults, f.name)})")
+        default = getattr(defaults, f.name)
+        shown = "{}" if f.name in JSON_KEYS else default
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None if f.name in JSON_KEYS else default,
+                       help=f"(default: {shown}{'; JSON object' if f.name in JSON_KEYS else ''})")
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    for key in JSON_KEYS:
+        if values[key] is None:
+            values[key] = {}
+    return TrainConfig.from_dict(values)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("epochs", "train_samples", "test_samples", "seed") if getattr(args, k) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,14 +65,27 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for metrics and the report")
     p_demo.add_argument("--quick", action="store_true", help="two epochs per method (a smoke test)")
 
-    p_train = sub.add_parser("train", help="train one configuration given as options")
+    sub.add_parser("methods", help="list the registered gradient methods, one per line")
+    p_devices = sub.add_parser("devices", help="list the built-in devices, one per line")
+    p_devices.add_argument("--long", action="store_true", help="with each device's kind and description")
+
+    p_train = sub.add_parser("train", help="train one configuration given as options (any config key is a flag)")
     _add_train_options(p_train)
-    p_train.add_argument("--out", type=Path, required=True, help="run folder (metrics.jsonl, checkpoint.pt)")
+    p_train.add_argument("--out", type=Path, default=None, help="run folder (metrics.jsonl, checkpoint.pt); default runs/LABEL")
     p_train.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
 
     p_run = sub.add_parser("run", help="train one or more JSON config files")
-    p_run.add_argument("configs", nargs="+", type=Path)
+    p_run.add_argument("configs", nargs="+", type=Path,
+                       help="config files, or names of the bundled paper configs: "
+                            + ", ".join(sorted(p.stem for p in (Path(__file__).parent / "experiments" / "configs").glob("*.json"))))
     p_run.add_argument("--out", type=Path, required=True, help="parent folder; one sub-folder per config")
+    for flag, kind in (("--epochs", int), ("--train-samples", int), ("--test-samples", int), ("--seed", int)):
+        p_run.add_argument(flag, type=kind, default=None, help="override this key of every config (quick versions)")
+
+    p_check = sub.add_parser("check-device", help="check that a device keeps the PhysicalSystem contract")
+    p_check.add_argument("device", help="built-in name, module:Class / module:factory, or tcp://HOST:PORT")
+    p_check.add_argument("--device-args", type=json_object, default={}, help="JSON object of the device's keyword arguments")
+    p_check.add_argument("--token-file", type=Path, default=None, help="token of a tcp:// device server")
 
     p_report = sub.add_parser("report", help="plots and a Markdown table from run folders")
     p_report.add_argument("runs", nargs="+", type=Path)
@@ -55,36 +93,99 @@ def main(argv: list[str] | None = None) -> int:
 
     from .systems.remote.server import add_arguments as add_serve_arguments
 
-    add_serve_arguments(sub.add_parser("serve", help="put a (simulated) device behind a token-protected network endpoint"))
+    add_serve_arguments(sub.add_parser("serve", help="put a device behind a token-protected network endpoint"))
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "demo":
-            from .experiments.demo import demo
-
-            demo(args.out, quick=args.quick)
-            print(f"\nmetrics, plots and report.md in {args.out}/")
-        elif args.command == "train":
-            values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-            cfg = TrainConfig.from_dict(values)
-            last = run(cfg, args.out, resume=not args.no_resume)[-1]
-            print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
-                  f"-> {args.out}/metrics.jsonl")
-        elif args.command == "run":
-            configs = [TrainConfig.from_file(c) for c in args.configs]  # validate all before training any
-            for path, cfg in zip(args.configs, configs):
-                last = run(cfg, args.out / path.stem)[-1]
-                print(f"{path.stem} ({cfg.label}): test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} queries")
-        elif args.command == "report":
-            print(f"report: {make_report(args.runs, args.out)}")
-        elif args.command == "serve":
-            from .systems.remote.server import serve_from_args
-
-            serve_from_args(args)
+        return _dispatch(args)
     except PhysgradError as e:
         print(f"physgrad: error: {e}", file=sys.stderr)
         return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from .experiments.demo import demo
+
+        demo(args.out, quick=args.quick)
+        print(f"\nmetrics, plots and report.md in {args.out}/")
+    elif args.command == "methods":
+        from .methods.registry import method_names
+
+        print("\n".join(method_names()))
+    elif args.command == "devices":
+        from .systems.registry import BUILTINS
+
+        for name, entry in BUILTINS.items():
+            print(f"{name:<10} {entry.kind:<9} {entry.description}" if args.long else name)
+    elif args.command == "train":
+        try:
+            cfg = _train_config(args)
+        except ConfigError as e:  # name the flag the user typed
+            raise ConfigError(re.sub(r"config key '(\w+)'", lambda m: f"--{m.group(1).replace('_', '-')}", str(e))) from e
+        out = args.out or Path("runs") / cfg.label
+        last = run(cfg, out, resume=not args.no_resume)[-1]
+        print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
+              f"-> {out}/metrics.jsonl")
+    elif args.command == "run":
+        overrides = _overrides(args)
+        args.configs = [_config_path(c) for c in args.configs]
+        configs = [TrainConfig.from_file(c, **overrides) for c in args.configs]  # validate all before training any
+        stems = [c.stem for c in args.configs]
+        names = [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
+        for path, name, cfg in zip(args.configs, names, configs):
+            last = run(cfg, args.out / name)[-1]
+            print(f"{name} ({cfg.label}): test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} queries "
+                  f"-> {args.out / name}/metrics.jsonl")
+    elif args.command == "check-device":
+        return _check_device(args)
+    elif args.command == "report":
+        print(f"report: {make_report(args.runs, args.out)}")
+    elif args.command == "serve":
+        from .systems.remote.server import serve_from_args
+
+        serve_from_args(args)
+    return 0
+
+
+CONFIGS = Path(__file__).parent / "experiments" / "configs"
+
+
+def _config_path(path: Path) -> Path:
+    """A config file, or the name of one of the bundled paper configs (``physgrad run hge_dnpu_sphere``)."""
+    if path.exists():
+        return path
+    bundled = CONFIGS / (path.name if path.suffix == ".json" else f"{path.name}.json")
+    return bundled if bundled.exists() else path
+
+
+def _check_device(args: argparse.Namespace) -> int:
+    from .testing import check_device
+
+    if args.device.startswith("tcp://"):
+        cfg = TrainConfig(device=args.device, device_args=args.device_args,
+                          token_file=None if args.token_file is None else str(args.token_file))
+        from .experiments.config import build_device
+
+        system = build_device(cfg)
+    else:
+        from .systems.registry import make_device
+
+        system = make_device(args.device, **args.device_args)
+    try:
+        failures = check_device(system)
+    finally:
+        close = getattr(system, "close", None)
+        if callable(close):
+            close()
+    if failures:
+        print(f"{args.device}: {len(failures)} check(s) failed:", file=sys.stderr)
+        for failure in failures:
+            print(f"  - {failure}", file=sys.stderr)
+        return 1
+    print(f"{args.device}: conforms ({type(system).__name__}, inputs {system.input_shape} -> outputs {system.output_shape}, "
+          f"parameters {', '.join(system.parameter_specs) or 'none'})")
     return 0
 
 

@@ -10,77 +10,68 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
-
 import torch
+import torch.nn.functional as F
 
-from ..data.datasets import DATASETS, Dataset, load_dataset
 from ..errors import ConfigError
-from ..methods import METHODS, GradientMethod, make_method
-from ..methods.base import SCOPES
-from ..models.reservoir_net import ReservoirNet
+from ..methods.base import SCOPES, GradientMethod
+from ..methods.registry import make_method, method_entry, method_names
 from ..systems.base import PhysicalSystem
-from ..systems.noise import MeasurementNoise
-from ..systems.devices.reservoir import RandomReservoir
-from ..systems.devices.ring import AutoOscillationRing
+from ..systems.registry import accepts, is_builtin, make_device
 from ..training.trainer import Trainer
+from .tasks import DATASETS, MODELS, build_model, load_task
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
-
-
-def _random_reservoir(cfg: "TrainConfig") -> PhysicalSystem:
-    return RandomReservoir(
-        cfg.reservoir_inputs, cfg.reservoir_size, seed=cfg.device_seed, noise=MeasurementNoise(additive=cfg.noise)
-    )
-
-
-def _ring_reservoir(cfg: "TrainConfig") -> PhysicalSystem:
-    """The PGT paper's magnonic auto-oscillation ring, one input vector held per round trip (static mode)."""
-    return AutoOscillationRing(
-        cfg.reservoir_inputs, cfg.reservoir_size, mode="static", seed=cfg.device_seed,
-        noise=MeasurementNoise(additive=cfg.noise),
-    )
-
-
-# Devices a config can name; other modules register theirs with ``register_reservoir``.
-RESERVOIRS: dict[str, Callable[["TrainConfig"], PhysicalSystem]] = {"random": _random_reservoir, "ring": _ring_reservoir}
-
-
-def register_reservoir(name: str, factory: Callable[["TrainConfig"], PhysicalSystem]) -> None:
-    """Make ``reservoir=name`` available to configs and the command line."""
-    RESERVOIRS[name] = factory
+RESERVOIRS = {"random": "reservoir", "ring": "ring"}  # the legacy ``reservoir`` key -> a registry device
+LEGACY_METHOD_KEYS = ("num_pairs", "delta", "r", "dropout")  # top-level shorthands, given where a method takes them
+DEFAULT_LR = {"hge": 0.02}  # when ``lr`` is None (else see ``learning_rate``)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines one run (defaults: the demo's PGT-local run on digits)."""
+    """Everything that determines one run (defaults: the demo's PGT-local run on digits).
 
-    method: str = "pgt"  # pgt | spsa | es | fd | backprop
+    ``device``/``dataset``/``model`` left at ``None`` take the method's paper setting (see
+    ``physgrad methods``'s registry): the PGT family and backprop a reservoir (``reservoir`` key:
+    ``random`` or ``ring``) inside the dense network on digits, HGE the time-domain DNPU on the
+    3-D sphere task, EqProp/Aeqprop a layered Hopfield network on digits.
+    """
+
+    method: str = "pgt"  # see method_names(): pgt spsa es fd backprop hge eqprop aeqprop
     scope: str = "local"  # global (the paper: perturb everything) | local (estimated VJP per device)
-    dataset: str = "digits"
+    method_options: dict = dataclasses.field(default_factory=dict)  # keyword options of the method (checked)
+    dataset: str | None = None  # None: the method's default dataset
     data_root: str | None = None
     train_samples: int | None = None  # a seeded subset, None: all
     test_samples: int | None = None
     epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adam"  # adam | sgd | adamw
-    lr: float | None = None  # None: 3e-3 for backprop and local scope, 1e-3 for global forward-only
+    lr: float | None = None  # None: 3e-3 for backprop and local scope, 1e-3 for global forward-only (HGE: 0.02)
     momentum: float = 0.0  # heavy-ball momentum of sgd (the PGT benchmarks' choice for the global scope: 0.9)
     seed: int = 0
     num_pairs: int = 32
     delta: float = 1e-2
     r: int = 1
     dropout: float = 0.0
-    reservoir: str = "random"
+    device: str | None = None  # built-in name, module:Class, tcp://HOST:PORT; None: the method's paper device
+    device_args: dict = dataclasses.field(default_factory=dict)  # keyword arguments of the device
+    token_file: str | None = None  # token of a tcp:// device server
+    model: str | None = None  # reservoir-net | transformer | energy | readout; None: by the device
+    model_options: dict = dataclasses.field(default_factory=dict)
+    reservoir: str = "random"  # the device when ``device`` is None and the method's is a reservoir
     reservoir_inputs: int = 32
     reservoir_size: int = 256
     device_seed: int = 1
-    noise: float = 0.0  # additive measurement noise (output units)
+    noise: float = 0.0  # additive measurement noise (output units) of built-in static devices
     log_every: int = 0
     checkpoint_every: int = 0
 
@@ -97,7 +88,7 @@ class TrainConfig:
         return cfg
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "TrainConfig":
+    def from_file(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -105,7 +96,12 @@ class TrainConfig:
             raise ConfigError(f"config file {path} not found") from e
         except json.JSONDecodeError as e:
             raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        if isinstance(data, dict):
+            data = {**data, **overrides}
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from e
 
     def validate(self) -> None:
         for f in fields(self):
@@ -115,73 +111,238 @@ class TrainConfig:
                 "str": isinstance(value, str),
                 "int": isinstance(value, int) and not isinstance(value, bool),
                 "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                "dict": isinstance(value, dict),
             }[kind]
             if not ok and not (value is None and "None" in f.type):
                 raise ConfigError(f"config key {f.name!r} must be {f.type}, got {value!r}")
-        choices = {"method": METHODS, "scope": SCOPES, "dataset": DATASETS, "optimizer": tuple(OPTIMIZERS),
-                   "reservoir": tuple(RESERVOIRS)}
+        choices = {"method": method_names(), "scope": SCOPES, "optimizer": tuple(OPTIMIZERS), "reservoir": tuple(RESERVOIRS)}
+        if self.dataset is not None:
+            choices["dataset"] = DATASETS
+        if self.model is not None:
+            choices["model"] = MODELS
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"config key {key!r}: unknown value {getattr(self, key)!r}; choose one of {list(allowed)}")
         for key in ("epochs", "batch_size", "num_pairs", "r", "reservoir_inputs", "reservoir_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
-        if self.delta <= 0 or (self.lr is not None and self.lr <= 0) or self.noise < 0:
-            raise ConfigError("delta and lr must be > 0 and noise >= 0")
+        for key in ("train_samples", "test_samples"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"config key {key!r} must be >= 1 (or null for all), got {getattr(self, key)}")
+        for key in ("delta", "lr"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"config key {key!r} must be > 0, got {value}")
+        if self.noise < 0:
+            raise ConfigError(f"config key 'noise' must be >= 0, got {self.noise}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"config key 'momentum' must be in [0, 1), got {self.momentum}")
         if self.momentum and self.optimizer != "sgd":
             raise ConfigError(f"config key 'momentum' applies to optimizer 'sgd' only, not {self.optimizer!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
+        self.make_method()  # checks method_options against the method's signature and values
+
+    # ------------------------------------------------------------------ derived settings
+    @property
+    def entry(self):
+        return method_entry(self.method)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset or self.entry.default_dataset
+
+    def method_kwargs(self) -> dict:
+        """The method's keyword options: seed, scope and the legacy shorthands it takes, then ``method_options``."""
+        options = self.entry.options
+        unknown = sorted(set(self.method_options) - set(options))
+        if unknown:
+            raise ConfigError(f"config key 'method_options': method {self.method!r} has no option(s) {unknown}; "
+                              f"its options are {sorted(options)}")
+        kwargs = {k: getattr(self, k) for k in ("seed", "scope", *LEGACY_METHOD_KEYS) if k in options}
+        kwargs.update(self.method_options)
+        return kwargs
+
+    def make_method(self) -> GradientMethod:
+        kwargs = self.method_kwargs()
+        try:
+            return make_method(self.method, **kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"config key 'method_options' ({self.method}): {e}") from e
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key 'method_options' ({self.method}, {kwargs}): {e}") from e
 
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 1e-3 if (self.method != "backprop" and self.scope == "global") else 3e-3
+        if self.method in DEFAULT_LR:
+            return DEFAULT_LR[self.method]
+        global_scope = "scope" in self.entry.options and self.method != "backprop" and self.scope == "global"
+        return 1e-3 if global_scope else 3e-3
 
     @property
     def label(self) -> str:
-        return "backprop" if self.method == "backprop" else f"{self.method}-{self.scope}"
+        if self.method == "backprop" or "scope" not in self.entry.options:
+            return self.method
+        return f"{self.method}-{self.scope}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def build(cfg: TrainConfig, data: Dataset | None = None):
+def register_reservoir(name: str, factory) -> None:
+    """Removed: devices now come from the one device registry."""
+    raise ConfigError("register_reservoir was replaced by the device registry: name your device in a config as "
+                      "device='module:Class' (or module:factory) with device_args, see docs/devices/write_a_device.md")
+
+
+# ---------------------------------------------------------------------------------------- building
+def device_spec(cfg: TrainConfig) -> tuple[str, dict]:
+    """The device a config trains, as (registry spec, keyword arguments)."""
+    if cfg.device is None:
+        default = cfg.entry.default_device
+        if default == "reservoir":  # the PGT family's dense network: the legacy reservoir keys decide
+            spec = RESERVOIRS[cfg.reservoir]
+            kwargs = {"input_size": cfg.reservoir_inputs, "seed": cfg.device_seed, "noise": cfg.noise}
+            kwargs["nodes" if spec == "ring" else "size"] = cfg.reservoir_size
+            return spec, {**kwargs, **cfg.device_args}
+        spec = default
+    else:
+        spec = cfg.device
+    kwargs = dict(cfg.device_args)
+    if is_builtin(spec) and accepts(spec, "seed"):
+        kwargs.setdefault("seed", cfg.device_seed)
+    if cfg.noise and is_builtin(spec) and accepts(spec, "noise"):
+        kwargs.setdefault("noise", cfg.noise)
+    return spec, kwargs
+
+
+def _sized_for(spec: str, kwargs: dict, data) -> dict:
+    """Built-in devices whose shape follows the data get it from the data unless the config says."""
+    f, c = data.num_features, data.num_classes
+    if spec == "hopfield":
+        kwargs.setdefault("sizes", [f, 64, c])
+    elif spec == "resistive":
+        kwargs.setdefault("num_inputs", f)
+        kwargs.setdefault("layers", [32, c])
+    elif spec in ("dnpu", "dnpu-time", "dnpu_time") and f in (1, 2, 3, 4, 5, 6, 7):
+        kwargs.setdefault("input_electrodes", {2: [3, 4], 3: [2, 3, 4]}.get(f, list(range(7 - f, 7))))
+    return kwargs
+
+
+def build_device(cfg: TrainConfig, data=None) -> PhysicalSystem:
+    """The config's device: a registry device, or a device server's (``tcp://``) through RemoteSystem."""
+    spec, kwargs = device_spec(cfg)
+    if spec.startswith("tcp://"):
+        from ..systems.remote.client import RemoteSystem
+        from ..systems.remote.server import read_or_create_token
+
+        if cfg.token_file is None:
+            raise ConfigError("config key 'token_file' is needed to train a device server's device (tcp://...)")
+        if not Path(cfg.token_file).exists():
+            raise ConfigError(f"config key 'token_file': {cfg.token_file} not found (the server writes it)")
+        if cfg.entry.kind == "waveform":
+            raise ConfigError(f"method {cfg.method!r} plays waveforms; a device server answers static measurements "
+                              "only: choose a static method (pgt, spsa, es, fd)")
+        if cfg.entry.kind == "energy":
+            raise ConfigError(f"method {cfg.method!r} needs an energy device; a device server answers static "
+                              "measurements only: choose a static method (pgt, spsa, es, fd)")
+        return RemoteSystem(spec, read_or_create_token(cfg.token_file), **kwargs)
+    if data is not None and is_builtin(spec):
+        kwargs = _sized_for(spec, kwargs, data)
+    device = make_device(spec, **kwargs)
+    if cfg.entry.kind == "waveform":
+        device = as_waveform_device(device, seed=cfg.device_seed)
+    return device
+
+
+def as_waveform_device(device: PhysicalSystem, seed: int = 0) -> PhysicalSystem:
+    """A static device in the time domain, for a waveform method (HGE): a DNPU with the HGE paper's
+    measurement settings, any other device with :class:`TimeDomainDevice`'s defaults."""
+    from ..systems.devices.dnpu import DNPU, time_domain_dnpu
+    from ..systems.wrappers.timedomain import TimeDomainDevice
+
+    if isinstance(device, TimeDomainDevice):
+        return device
+    log.info("wrapping %s in the time domain for a waveform method", type(device).__name__)
+    if isinstance(device, DNPU):
+        return time_domain_dnpu(device, seed=seed)
+    return TimeDomainDevice(device, seed=seed)
+
+
+def default_model(device: PhysicalSystem) -> str:
+    from ..systems.devices.energy.base import EnergyDevice
+    from ..systems.wrappers.timedomain import TimeDomainDevice
+
+    if isinstance(device, EnergyDevice):
+        return "energy"
+    if isinstance(device, TimeDomainDevice) or type(device).__name__.lower().lstrip("_").endswith("dnpu"):
+        return "readout"
+    if len(device.input_shape) == 1 and len(device.output_shape) == 1:
+        return "reservoir-net"
+    return "readout"
+
+
+def load_data(cfg: TrainConfig):
+    return load_task(cfg.dataset_name, cfg.data_root, train=cfg.train_samples, test=cfg.test_samples, seed=cfg.seed)
+
+
+def build(cfg: TrainConfig, data=None):
     """``(dataset, model, method, optimizer)`` for a config."""
     cfg.validate()
     if data is None:
-        data = load_dataset(cfg.dataset, cfg.data_root)
-        if cfg.train_samples or cfg.test_samples:
-            data = data.subset(cfg.train_samples, cfg.test_samples, seed=cfg.seed)
-    device = RESERVOIRS[cfg.reservoir](cfg)
-    model = ReservoirNet(data.num_features, device, data.num_classes, seed=cfg.seed)
-    kwargs = {"seed": cfg.seed}
-    if cfg.method != "backprop":
-        kwargs.update(delta=cfg.delta, num_pairs=cfg.num_pairs)
-        if cfg.method == "pgt":
-            kwargs.update(r=cfg.r, dropout=cfg.dropout)
-    method: GradientMethod = make_method(cfg.method, cfg.scope, **kwargs)
+        data = load_data(cfg)
+    device = build_device(cfg, data)
+    model = build_model(cfg.model or default_model(device), data, device, seed=cfg.seed, options=cfg.model_options)
+    if cfg.entry.kind == "energy":
+        from ..models.energy_model import energy_model_of
+
+        energy_model_of(model)  # EqProp/Aeqprop nudge the device itself: say so now, not at the first step
+    if cfg.entry.kind == "oracle":
+        from ..models.physical_layer import systems_of
+
+        opaque = [type(s).__name__ for s in systems_of(model) if not s.differentiable]
+        if opaque:
+            raise ConfigError(f"method {cfg.method!r} needs a differentiable simulator; {opaque} is not one "
+                              "(train it with a forward-only method: pgt, spsa, es, fd)")
+    method = cfg.make_method()
     extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.learning_rate, **extra)
     return data, model, method, optimizer
 
 
-def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool | None = None, data: Dataset | None = None,
+def loss_function(model):
+    """The energy model's nudging cost (what EqProp/Aeqprop descend); cross-entropy otherwise."""
+    from ..models.energy_model import EnergyModel
+
+    return model.loss if isinstance(model, EnergyModel) else F.cross_entropy
+
+
+def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool | None = None, data=None,
         resume: bool = True) -> list[dict]:
-    """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there."""
+    """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there.
+
+    The last line of metrics.jsonl is the last epoch's record, with ``test_accuracy`` and ``queries``.
+    """
     data, model, method, optimizer = build(cfg, data)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", cfg.to_dict())
     trainer = Trainer(
-        model, method, optimizer, batch_size=cfg.batch_size, seed=cfg.seed, out_dir=out_dir, progress=progress,
-        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+        model, method, optimizer, loss_fn=loss_function(model), batch_size=cfg.batch_size, seed=cfg.seed,
+        out_dir=out_dir, progress=progress, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
     )
-    return trainer.fit(data, cfg.epochs, resume=resume)
+    try:
+        return trainer.fit(data, cfg.epochs, resume=resume)
+    finally:
+        from ..models.physical_layer import systems_of
+
+        for system in systems_of(model):
+            close = getattr(system, "close", None)
+            if callable(close):
+                close()
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -370,23 +370,13 @@ def _max_steps(system: PhysicalSystem, max_step) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------- command line
-def build_device(name: str, seed: int = 0) -> PhysicalSystem:
-    """A simulated device by name: ``reservoir`` (the demo's 32→256), ``dnpu`` (synthetic), ``mlp``."""
-    if name == "reservoir":
-        from ..devices.reservoir import RandomReservoir
+def build_device(name: str, seed: int = 0, **kwargs) -> PhysicalSystem:
+    """A device from the one device registry (:mod:`physgrad.systems.registry`): a built-in name or module:Class."""
+    from ..registry import accepts, is_builtin, make_device
 
-        return RandomReservoir(32, 256, seed=seed)
-    if name == "dnpu":
-        from ..devices.dnpu import load_dnpu
-
-        return load_dnpu(None)
-    if name == "mlp":
-        from ..devices.blackbox import BlackBox
-
-        torch.manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
-        return BlackBox(net, (7,), ranges={n: (-2.0, 2.0) for n, _ in net.named_parameters()}, differentiable=False)
-    raise ConfigError(f"unknown device {name!r}; choose reservoir, dnpu or mlp")
+    if is_builtin(name) and accepts(name, "seed"):
+        kwargs.setdefault("seed", seed)
+    return make_device(name, **kwargs)
 
 
 DEVICES = ("reservoir", "dnpu", "mlp")
@@ -410,8 +400,12 @@ def read_or_create_token(path: str | os.PathLike | None) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``physgrad serve``."""
-    parser.add_argument("--device", choices=DEVICES, default="reservoir", help="simulated device to serve")
+    from ..registry import json_object
+
+    parser.add_argument("--device", default="reservoir", help="built-in device name (physgrad devices) or module:Class")
+    parser.add_argument("--device-args", type=json_object, default={}, help="JSON object of the device's keyword arguments")
     parser.add_argument("--address", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (loopback by default)")
+    parser.add_argument("--port", type=int, default=None, help="serve on tcp://127.0.0.1:PORT (overrides --address)")
     parser.add_argument("--token-file", type=Path, default=None, help=f"shared token file (created if missing); else ${TOKEN_ENV}")
     parser.add_argument("--max-step", type=float, default=None, help="ramp limit: largest change of any parameter per command")
     parser.add_argument("--faults", type=float, default=0.0, help="inject every kind of fault at this rate (testing)")
@@ -422,7 +416,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve_from_args(args: argparse.Namespace) -> None:
     """Run ``physgrad serve`` with parsed options."""
-    device = build_device(args.device, args.seed)
+    device = build_device(args.device, args.seed, **args.device_args)
+    if args.port is not None:
+        args.address = f"tcp://127.0.0.1:{args.port}"
     if args.faults:
         from ..wrappers.faults import FaultInjector
 
