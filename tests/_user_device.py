@@ -48,10 +48,14 @@ def make_rig(size: int = 3) -> Rig:
 
 
 class Float64Rig(Rig):
-    """A broken driver: answers float64 whatever it is asked."""
+    """A broken driver: its own ``measure`` answers float64 whatever it is asked.
 
-    def response(self, params, inputs):
-        return super().response(params, inputs).to(torch.float64)
+    (A driver whose ``response`` answers float64 conforms: ``PhysicalSystem.measure`` casts the answer
+    to the request's dtype. Overriding ``measure`` skips that cast, which the checker must catch.)
+    """
+
+    def measure(self, params, inputs):
+        return super().measure(params, inputs).to(torch.float64)
 
 
 class MixedUpRig(Rig):

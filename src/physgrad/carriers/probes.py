@@ -118,4 +118,6 @@ class Simulation(Measurement):
     """
 
     def answer(self, system: Any) -> torch.Tensor:
-        return system.simulate(self.params, self.inputs)
+        # grad mode is off inside a backward pass (the local scope asks from a layer's backward)
+        with torch.enable_grad():
+            return system.simulate(self.params, self.inputs)
