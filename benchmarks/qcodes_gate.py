@@ -107,7 +107,7 @@ def readout(system, controls: torch.Tensor, target: torch.Tensor, repeats: int =
 
 
 def pgt(seed: int) -> PGT:
-    return PGT(num_pairs=4, delta=0.02, seed=seed)
+    return PGT(num_pairs=4, delta=0.05, seed=seed)
 
 
 def hge(seed: int) -> HGE:
@@ -140,7 +140,7 @@ def run_method(name: str, args, folder: Path, target: torch.Tensor, seed: int, s
     rig = static_rig if name == "pgt" else waveform_rig
     system, source, reader, twin = rig(args.device, prefix=f"{name}_")
     make = pgt if name == "pgt" else hge
-    lr = 0.05 if name == "pgt" else 0.03
+    lr = 0.1 if name == "pgt" else 0.03
     t0 = time.perf_counter()
     with Recorder(folder, experiment=f"qcodes_gate_{args.gate}", sample=f"dnpu_{name}") as rec:
         rec.attach(system)
@@ -167,13 +167,13 @@ def main(argv=None) -> dict:
     def extra(parser) -> None:
         parser.add_argument("--device", default=None, help="surrogate .npz (default: built-in synthetic DNPU)")
         parser.add_argument("--gate", default="and", choices=sorted(GATES))
-        parser.add_argument("--steps", type=int, default=None, help="training steps per method (default 80; 30 with --quick)")
+        parser.add_argument("--steps", type=int, default=None, help="training steps per method (default 80; 40 with --quick)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--db", type=Path, default=None, help="keep the QCoDeS database in this folder (default: temporary)")
 
     args = parse_args(__doc__.splitlines()[0], extra, argv)
     torch.set_num_threads(args.threads or 1)
-    steps = args.steps if args.steps is not None else (30 if args.quick else 80)
+    steps = args.steps if args.steps is not None else (40 if args.quick else 80)
     target = torch.tensor(GATES[args.gate], dtype=torch.float32)
     folder = args.db or Path(tempfile.mkdtemp(prefix="physgrad-qcodes-"))
     try:

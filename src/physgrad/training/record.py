@@ -13,14 +13,20 @@ changing its type, so methods that check the type (HGE wants a time-domain devic
         ... train as usual ...
     ds = rec.load()                             # a qcodes DataSet; ds.to_xarray_dataset()
 
-Layout (all columns are QCoDeS ``array`` parameters, one result row per device call, so a
-training's worth of waveforms is written quickly): coordinates (setpoints) ``epoch``, ``step``,
+Layout: coordinates (setpoints) ``epoch``, ``step``,
 ``probe`` (the query's index within its step: 0, 1, ... in the order measured), ``sample`` (the data
 point) and, on a device that plays waveforms, ``t`` (seconds into the waveform); one data column
 per element of each parameter, input and output, named after the device's elements (a QCoDeS
 device: its parameters' full names, e.g. ``dac_ch1``, ``dmm_v``; otherwise ``controls_0``, ...,
 ``input_0``, ..., ``output_0``) with units, plus ``query`` (the device's running query number) and
 ``failed`` (1 where the answer could not be read: the output is NaN there, the setting was applied).
+Columns are QCoDeS ``array`` parameters (stored as exact binary: QCoDeS's ``numeric`` columns read
+floats back rounded to 15 digits, which can put a value recorded at a bound an ulp outside it). On a
+static device every (setting, data point) is one row of length 1 (QCoDeS's pandas and xarray
+exports both work). On a waveform device every (waveform, data point) is one row over ``t`` (fast
+to write: an HGE training is ~10⁵ samples a step); open it with ``to_xarray_dataset()`` (QCoDeS's
+pandas export refuses rows of different lengths, and calibration, training and read-out waveforms
+differ in length).
 
 What is recorded is what the device counted: a call the device refuses (out of range) applied
 nothing and records nothing; a call that fails part-way records the settings the device applied
@@ -166,11 +172,12 @@ class Recorder:
         self._waveform = callable(getattr(system, "measure_waveform", None))
         self._fs = float(getattr(system, "fs", 1.0) or 1.0)
         coords = list(COORDS) + (["t"] if self._waveform else [])
+        kind = "array"  # stored as exact binary (QCoDeS's "numeric" reads floats back to 15 digits)
         meas = qd.Measurement(exp=exp, name=self.name)
         for c in coords:
-            meas.register_custom_parameter(c, label=c, unit="s" if c == "t" else "", paramtype="array")
+            meas.register_custom_parameter(c, label=c, unit="s" if c == "t" else "", paramtype=kind)
         for col in ["query", "failed", *sum(self._param_cols.values(), []), *self._in_cols, *self._out_cols]:
-            meas.register_custom_parameter(col, unit=units.get(col, "") or "", setpoints=coords, paramtype="array")
+            meas.register_custom_parameter(col, unit=units.get(col, "") or "", setpoints=coords, paramtype=kind)
         self._runner = meas.run(in_memory_cache=False)
         self._saver = self._runner.__enter__()
         self._dataset = self._saver.dataset
@@ -324,7 +331,7 @@ class Recorder:
             rows[col] = x[..., i].reshape(-1).numpy()
         for i, col in enumerate(self._out_cols):
             rows[col] = y[..., i].reshape(-1).numpy()
-        self._write(rows, k, int(bad.any(-1).sum()) if failed else 0)
+        self._write(rows, k, int(bad.reshape(k, b).any(-1).sum()) if failed else 0, per_row=1)
 
     def _waveform_rows(self, params, inputs, out) -> None:
         first = next(iter(params.values()))
@@ -356,8 +363,12 @@ class Recorder:
             rows[col] = y[..., i].T.reshape(-1).numpy()
         self._write(rows, 1, 0 if out is not None else 1)
 
-    def _write(self, rows: dict[str, np.ndarray], settings: int, failed: int) -> None:
-        self._saver.add_result(*rows.items())
+    def _write(self, rows: dict[str, np.ndarray], settings: int, failed: int, per_row: int | None = None) -> None:
+        if per_row is None:
+            self._saver.add_result(*rows.items())
+        else:  # rows of equal length, so QCoDeS's pandas export takes them too
+            for start in range(0, len(rows["step"]), per_row):
+                self._saver.add_result(*((k, v[start : start + per_row]) for k, v in rows.items()))
         self.probe += settings
         self.recorded_settings += settings
         self.recorded_rows += len(rows["step"])

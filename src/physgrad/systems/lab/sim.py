@@ -84,14 +84,20 @@ class SimDAC(Instrument):
                 set_cmd=None, get_cmd=None, initial_value=start,
             )
         self.sets = 0  # hardware calls made (ramp waypoints included)
+        self.history: dict[str, list[float]] = {}  # every value each channel was set to, in order
         for i in range(channels):
             p = self.parameters[f"ch{i + 1}"]
             p.step, p.inter_delay = step, inter_delay  # after the initial value: nothing to ramp from yet
-            p.set_parser = self._counting  # counts every call that reaches the "hardware"
+            self.history[p.name] = [float(p.cache.get())]
+            p.set_parser = self._logger(p.name)  # sees every call that reaches the "hardware"
 
-    def _counting(self, value):
-        self.sets += 1
-        return value
+    def _logger(self, channel: str):
+        def log(value):
+            self.sets += 1
+            self.history[channel].append(float(value))
+            return value
+
+        return log
 
     def get_idn(self) -> dict:
         return {"vendor": "physgrad", "model": "SimDAC", "serial": self.name, "firmware": "sim"}
