@@ -83,16 +83,14 @@ def train(system, method, target: torch.Tensor, seed: int, steps: int, lr: float
     opt = torch.optim.Adam(layer.parameters(), lr=lr)
     x = gate_inputs(system)
     curve = []
-    for step in range(steps):
-        if recorder is not None:
-            recorder.position(epoch=0, step=step)
+    if recorder is not None:
+        recorder.follow(method)  # each backward() is a step; its loss goes into the record
+    for _ in range(steps):
         opt.zero_grad()
         loss = method.backward(layer, corr_sig_loss, x, target)
         opt.step()
         clamp_to_safe_range_(layer)
         curve.append(float(loss))
-    if recorder is not None:
-        recorder.position(step=steps)  # the read-out after training
     return layer.params["controls"].detach().clone(), curve
 
 

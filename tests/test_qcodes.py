@@ -194,6 +194,14 @@ def test_pgt_trains_a_gate_through_qcodes_like_the_in_process_device(tmp_path):
     xr = rec.load().to_xarray_dataset()
     assert {"epoch", "step", "probe", "sample"} <= set(xr.coords) and "dac_ch1" in xr and xr["dac_ch1"].attrs["units"] == "V"
     assert int(xr["step"].max()) == 11 and int(xr["probe"].max()) == 8
+    assert np.allclose(xr["loss"].values, curve)  # follow(): the loss of every step, against training_step
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from qcodes.dataset import plot_dataset
+
+    axes, _ = plot_dataset(rec.load())  # QCoDeS draws the 1-D part: loss, queries, device time per step
+    assert any("loss" in ax.get_ylabel() for ax in axes)
 
 
 def test_hge_trains_a_gate_through_qcodes_like_the_in_process_device(tmp_path):
@@ -221,8 +229,9 @@ def test_recorder_records_any_device_the_same_way(tmp_path):
     assert rec.recorded_settings == device.queries == 6
     xr = rec.load().to_xarray_dataset()
     assert {"controls_0", "input_1", "output_0"} <= set(xr.data_vars)
-    frame = rec.load().to_pandas_dataframe().reset_index()
+    frame = rec.load().to_pandas_dataframe_dict()["output_0"].reset_index()
     assert set(frame["epoch"]) == {2} and set(frame["step"]) == {7} and sorted(set(frame["probe"])) == list(range(6))
+    assert rec.load().to_pandas_dataframe_dict()["controls_4"].shape == (6 * 3, 1)
     got = frame.sort_values(["probe", "sample"])["output_0"].to_numpy()
     want = torch.cat([device.measure({"controls": controls}, x), device.measure({"controls": controls[0]}, x)])
     assert np.allclose(got, want.reshape(-1).numpy())

@@ -178,6 +178,11 @@ class Recorder:
             meas.register_custom_parameter(c, label=c, unit="s" if c == "t" else "", paramtype=kind)
         for col in ["query", "failed", *sum(self._param_cols.values(), []), *self._in_cols, *self._out_cols]:
             meas.register_custom_parameter(col, unit=units.get(col, "") or "", setpoints=coords, paramtype=kind)
+        # one row per training step (filled by follow()): 1-D, so QCoDeS's plot_dataset draws it
+        meas.register_custom_parameter("training_step", label="training step", paramtype="numeric")
+        for col, unit in (("loss", ""), ("queries_total", ""), ("device_seconds_total", "s")):
+            meas.register_custom_parameter(col, label=col.replace("_", " "), unit=unit, setpoints=["training_step"],
+                                           paramtype="numeric")
         self._runner = meas.run(in_memory_cache=False)
         self._saver = self._runner.__enter__()
         self._dataset = self._saver.dataset
@@ -192,13 +197,20 @@ class Recorder:
         return self
 
     def follow(self, method, steps_per_epoch: int | None = None) -> "Recorder":
-        """Count ``method.backward`` calls as steps (``epoch = step // steps_per_epoch``)."""
+        """Count ``method.backward`` calls as steps (``epoch = step // steps_per_epoch``).
+
+        Each call also writes one row of the run's 1-D part: ``loss``, ``queries_total`` and
+        ``device_seconds_total`` against ``training_step`` (what ``plot_dataset`` draws).
+        """
         original = method.backward
 
         def backward(*args, **kwargs):
+            loss = math.nan
             try:
-                return original(*args, **kwargs)
+                loss = original(*args, **kwargs)
+                return loss
             finally:
+                self._step_row(float(loss))
                 self.position(step=self.step + 1,
                               epoch=(self.step + 1) // steps_per_epoch if steps_per_epoch else self.epoch)
 
@@ -362,6 +374,15 @@ class Recorder:
         for i, col in enumerate(self._out_cols):
             rows[col] = y[..., i].T.reshape(-1).numpy()
         self._write(rows, 1, 0 if out is not None else 1)
+
+    def _step_row(self, loss: float) -> None:
+        if self._saver is None:
+            return
+        system = self.system
+        self._saver.add_result(
+            ("training_step", self.step), ("loss", loss), ("queries_total", system.queries),
+            ("device_seconds_total", float(system.device_seconds)),
+        )
 
     def _write(self, rows: dict[str, np.ndarray], settings: int, failed: int, per_row: int | None = None) -> None:
         if per_row is None:
