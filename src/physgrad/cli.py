@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_options(p_train)
     p_train.add_argument("--out", type=Path, required=True, help="run folder (metrics.jsonl, checkpoint.pt)")
     p_train.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    from .systems.lab.qcodes import add_station_arguments, use_station  # QCoDeS is imported only with --station
+
+    add_station_arguments(p_train)
 
     p_run = sub.add_parser("run", help="train one or more JSON config files")
     p_run.add_argument("configs", nargs="+", type=Path)
@@ -67,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nmetrics, plots and report.md in {args.out}/")
         elif args.command == "train":
             values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+            from .experiments.config import register_reservoir
+
+            recorder = use_station(args, values, register_reservoir)  # --station: train the lab's instruments
             cfg = TrainConfig.from_dict(values)
-            last = run(cfg, args.out, resume=not args.no_resume)[-1]
+            try:
+                last = run(cfg, args.out, resume=not args.no_resume)[-1]
+            finally:
+                if recorder is not None:
+                    recorder.close()
             print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
                   f"-> {args.out}/metrics.jsonl")
         elif args.command == "run":

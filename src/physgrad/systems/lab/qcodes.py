@@ -778,12 +778,53 @@ def _names(value) -> list[str]:
 
 
 def add_station_arguments(parser) -> None:
-    """The ``--station/--controls/--inputs/--outputs/--settle-s`` options (for a command line)."""
-    parser.add_argument("--station", default=None, help="QCoDeS station file (YAML): train the instruments it names")
-    parser.add_argument("--controls", default="", help="comma-separated control parameters, e.g. dac.ch1,dac.ch2")
-    parser.add_argument("--inputs", default="", help="comma-separated data-input parameters, e.g. dac.ch6,dac.ch7")
-    parser.add_argument("--outputs", default="", help="comma-separated output parameters, e.g. dmm.v")
-    parser.add_argument("--settle-s", type=float, default=0.0, help="wait after each setting before reading (s)")
+    """The ``--station/--controls/--inputs/--outputs/--settle-s/--record`` options of ``physgrad train``.
+
+    Adding them imports nothing from QCoDeS; only ``--station`` does.
+    """
+    group = parser.add_argument_group("lab instruments (QCoDeS; pip install 'physgrad[lab]')")
+    group.add_argument("--station", default=None, help="QCoDeS station file (YAML): train the instruments it names")
+    group.add_argument("--controls", default="", help="comma-separated control parameters, e.g. dac.ch1,dac.ch2")
+    group.add_argument("--inputs", default="", help="comma-separated data-input parameters, e.g. dac.ch4,dac.ch5")
+    group.add_argument("--outputs", default="", help="comma-separated output parameters, e.g. dmm.v")
+    group.add_argument("--settle-s", type=float, default=0.0, help="wait after each setting before reading (s)")
+    group.add_argument("--guard", choices=("refuse", "clip"), default="refuse",
+                       help="a setting or input outside the validators: refuse the batch (default) or clip it")
+    group.add_argument("--record", default=None,
+                       help="folder of a QCoDeS database: record every setting and answer of the training there")
+    group.add_argument("--experiment", default=None, help="QCoDeS experiment name of the record (default: the run's label)")
+    group.add_argument("--sample", default=None, help="QCoDeS sample name of the record (default: the station file's name)")
+
+
+def use_station(args, values: dict, register_reservoir: Callable) -> Any:
+    """The ``--station`` hook of ``physgrad train``: the station's device becomes the config's device.
+
+    Registers it as ``reservoir="station"`` (with ``register_reservoir`` from
+    ``physgrad.experiments.config``) and sets that in ``values`` (the config's fields); with
+    ``--record`` a :class:`~physgrad.training.record.Recorder` is attached to it when the
+    training builds it. Returns the recorder (close it after training) or ``None``.
+    """
+    system = system_from_args(args)
+    if system is None:
+        if getattr(args, "record", None):
+            raise ConfigError("--record needs --station (record a built-in device with physgrad.training.record.Recorder)")
+        return None
+    recorder = None
+    if getattr(args, "record", None):
+        from ...training.record import Recorder
+
+        recorder = Recorder(args.record, args.experiment or str(values.get("method", "physgrad")),
+                            args.sample or Path(args.station).stem,
+                            metadata={"config": str(sorted(values.items()))})
+
+    def factory(cfg):
+        if recorder is not None and recorder.system is None:
+            recorder.attach(system)
+        return system
+
+    register_reservoir("station", factory)
+    values["reservoir"] = "station"
+    return recorder
 
 
 def system_from_args(args) -> QCoDeSSystem | None:
@@ -792,4 +833,5 @@ def system_from_args(args) -> QCoDeSSystem | None:
         return None
     if not args.controls or not args.outputs:
         raise ConfigError("--station needs --controls and --outputs (comma-separated parameter names)")
-    return system_from_station(args.station, args.controls, args.inputs, args.outputs, settle_s=args.settle_s)
+    return system_from_station(args.station, args.controls, args.inputs, args.outputs, settle_s=args.settle_s,
+                               guard=getattr(args, "guard", "refuse"))
