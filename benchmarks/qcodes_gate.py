@@ -155,6 +155,7 @@ def run_method(name: str, args, folder: Path, target: torch.Tensor, seed: int, s
         "found": found, "separation": sep, "noise": noise, "loss_first": curve[0], "loss_last": curve[-1],
         "device_seconds": system.device_seconds, "wall_seconds": getattr(system, "wall_seconds", 0.0),
         "seconds": seconds, "run_id": ds.captured_run_id, "rows": rec.recorded_rows,
+        "curve": curve, "twin_curve": twin_curve,
     }
     source.close()
     reader.close()
@@ -193,14 +194,36 @@ def main(argv=None) -> dict:
                     "loss_last", "device_seconds", "wall_seconds", "seconds", "rows"):
             figures[f"{m}_{key}"] = r[key]
     rows = [[m.upper(), r["queries"], r["recorded"], r["rows"], r["out_of_range"], r["same"], r["max_difference"],
-             r["loss_first"], r["loss_last"], r["separation"], r["found"], r["device_seconds"], r["seconds"]]
+             r["loss_first"], r["loss_last"], r["separation"], r["found"], r["device_seconds"], r["wall_seconds"],
+             r["seconds"]]
             for m, r in results.items()]
     print(f"## {args.gate.upper()} gate through QCoDeS instruments ({steps} steps, seed {args.seed})\n")
     print(markdown_table(rows, ["method", "device queries", "recorded settings", "recorded rows", "out of range",
                                 "same as in-process", "max |Δcontrols| (V)", "first loss", "last loss",
-                                "separation (nA)", "gate found", "device s", "wall s"]))
+                                "separation (nA)", "gate found", "device s (cost)", "instrument wall s",
+                                "run wall s (both runs, record)"]))
+    print("\ndevice s: PGT's is the wall-clock time spent setting, settling and reading the instruments; HGE's is "
+          "the signal time played (as the in-process device counts it), its wall-clock in 'instrument wall s'.")
+    _plot(args, results)
     write_json(args.out, figures)
     return figures
+
+
+def _plot(args, results: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    from benchmarks._common import plot_path, save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, (m, r) in zip(axes, results.items()):
+        ax.semilogy(r["curve"], lw=2.5, alpha=0.6, label="through QCoDeS (recorded)")
+        ax.semilogy(r["twin_curve"], "k--", lw=1, label="in-process device, same seed")
+        ax.set_title(f"{m.upper()}: {args.gate.upper()} gate, {r['queries']} queries = {r['recorded']} recorded")
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    fig.tight_layout()
+    save_figure(fig, plot_path(args, "qcodes_gate"))
 
 
 if __name__ == "__main__":

@@ -238,6 +238,23 @@ def test_recorder_records_any_device_the_same_way(tmp_path):
     assert "measure" not in device.__dict__  # detached when closed
 
 
+def test_physgrad_train_with_a_station_file_records_the_training(tmp_path):
+    from physgrad.cli import main
+
+    path = tmp_path / "station.yaml"
+    path.write_text(STATION)
+    rc = main(["train", "--station", str(path), "--controls", "dac.ch1,dac.ch2,dac.ch3,dac.ch6,dac.ch7",
+               "--inputs", "dac.ch4,dac.ch5", "--outputs", "dmm.v", "--guard", "clip", "--method", "pgt",
+               "--scope", "global", "--epochs", "1", "--train-samples", "16", "--test-samples", "8", "--batch-size", "16",
+               "--num-pairs", "2", "--record", str(tmp_path / "lab"), "--experiment", "digits-lab",
+               "--out", str(tmp_path / "run")])
+    assert rc == 0
+    ds = load_by_run_spec(captured_run_id=1, conn=connect(str(tmp_path / "lab" / "physgrad.db")))
+    assert (ds.exp_name, ds.sample_name) == ("digits-lab", "station")
+    assert len(np.unique(_flat(ds.get_parameter_data(), "query"))) >= 5  # one training step: 2K + 1 settings
+    assert main(["train", "--record", str(tmp_path / "x"), "--out", str(tmp_path / "r2")]) == 2  # --record needs --station
+
+
 # ------------------------------------------------------------------------------------ station
 STATION = """
 instruments:
@@ -284,7 +301,9 @@ def test_system_from_station_file(tmp_path):
 
 def test_benchmark_contract(tmp_path):
     out = tmp_path / "figures.json"
-    figures = qcodes_gate.main(["--quick", "--steps", "3", "--threads", "1", "--out", str(out)])
+    figures = qcodes_gate.main(["--quick", "--steps", "3", "--threads", "1", "--out", str(out),
+                                "--plot", str(tmp_path / "plot.png")])
+    assert (tmp_path / "plot.png").stat().st_size > 0
     import json
 
     written = json.loads(out.read_text())
