@@ -391,7 +391,8 @@ class QCoDeSSystem(PhysicalSystem):
         target = target.to(torch.float64)
         if previous is not None and max_step is not None:
             jump = float((target - previous).abs().max()) if target.numel() else 0.0
-            n = max(1, math.ceil(jump / max_step - 1e-9))
+            # waypoints a hair closer than max_step, so float32 rounding never makes one a step too long
+            n = max(1, math.ceil(jump / (max_step * (1 - 1e-4)) - 1e-9))
         else:
             n = 1
         spec = self.parameter_specs[self.control_name] if key == "controls" else None
