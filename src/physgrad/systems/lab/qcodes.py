@@ -803,29 +803,36 @@ def use_station(args, values: dict, register_reservoir: Callable) -> Any:
     Registers it as ``reservoir="station"`` (with ``register_reservoir`` from
     ``physgrad.experiments.config``) and sets that in ``values`` (the config's fields); with
     ``--record`` a :class:`~physgrad.training.record.Recorder` is attached to it when the
-    training builds it. Returns the recorder (close it after training) or ``None``.
+    training builds it, named by ``--experiment`` (default: the config's label) and ``--sample``
+    (default: the station file's name). Returns an object to ``close()`` after training, or ``None``.
     """
     system = system_from_args(args)
     if system is None:
         if getattr(args, "record", None):
             raise ConfigError("--record needs --station (record a built-in device with physgrad.training.record.Recorder)")
         return None
-    recorder = None
-    if getattr(args, "record", None):
-        from ...training.record import Recorder
+    holder: list = []
 
-        recorder = Recorder(args.record, args.experiment or str(values.get("method", "physgrad")),
-                            args.sample or Path(args.station).stem,
-                            metadata={"config": str(sorted(values.items()))})
+    class _Lazy:
+        """Closes the recorder the training opened (if it built the device)."""
+
+        def close(self) -> None:
+            for recorder in holder:
+                recorder.close()
 
     def factory(cfg):
-        if recorder is not None and recorder.system is None:
-            recorder.attach(system)
+        if getattr(args, "record", None) and not holder:
+            from ...training.record import Recorder
+
+            recorder = Recorder.for_config(cfg, args.record, system)
+            recorder.experiment = args.experiment or recorder.experiment  # default: the config's label
+            recorder.sample = args.sample or Path(args.station).stem
+            holder.append(recorder.attach(system))
         return system
 
     register_reservoir("station", factory)
     values["reservoir"] = "station"
-    return recorder
+    return _Lazy()
 
 
 def system_from_args(args) -> QCoDeSSystem | None:
