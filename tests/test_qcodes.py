@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root
@@ -79,6 +81,36 @@ def test_static_system_reads_ranges_units_ramp_from_the_parameters_and_answers_l
         v = np.array(values)
         assert ((v >= p.vals.min_value) & (v <= p.vals.max_value)).all()
         assert np.abs(np.diff(v)).max() <= 0.05 + 1e-9
+
+
+def test_every_dnpu_surrogate_answers_through_qcodes_as_in_process():
+    """The built-in synthetic device, and the shared real surrogates where the checkout has them."""
+    from physgrad.systems.devices.dnpu import shared_surrogates
+
+    for number, path in enumerate([None, *shared_surrogates()]):
+        system, dac, dmm, twin = qcodes_gate.static_rig(None if path is None else str(path), prefix=f"s{number}_")
+        controls, x = _probes(twin, 3, 4, seed=number)
+        assert torch.equal(system.measure({"controls": controls}, x), twin.measure({"controls": controls}, x)), path
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.floats(-3.0, 3.0) | st.just(math.nan), min_size=5, max_size=5), st.integers(0, 2**16))
+def test_nothing_outside_a_validator_or_faster_than_step_ever_reaches_the_dac(values, seed):
+    Instrument.close_all()
+    system, dac, dmm, twin = qcodes_gate.static_rig(step=0.05)
+    _, x = _probes(twin, 1, 2, seed=seed)
+    target = torch.tensor(values, dtype=torch.float32)
+    low, high = system.parameter_bounds()["controls"]
+    try:
+        system.measure({"controls": target}, x)
+        assert torch.isfinite(target).all() and ((target >= low) & (target <= high)).all()
+    except RangeError:
+        assert not (torch.isfinite(target).all() and ((target >= low) & (target <= high)).all())
+        assert dac.sets == 0
+    for name, history in dac.history.items():
+        v, p = np.array(history), dac.parameters[name]
+        assert ((v >= p.vals.min_value) & (v <= p.vals.max_value)).all()
+        assert (np.abs(np.diff(v)) <= 0.05 + 1e-12).all()
 
 
 def test_settle_time_is_waited_and_counted_in_device_time():
