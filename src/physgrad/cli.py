@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_options(p_train)
     p_train.add_argument("--out", type=Path, default=None, help="run folder (metrics.jsonl, checkpoint.pt); default runs/LABEL")
     p_train.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    from .systems.lab.qcodes import add_station_arguments  # adding the options imports nothing from QCoDeS
+
+    add_station_arguments(p_train)
 
     p_run = sub.add_parser("run", help="train one or more JSON config files")
     p_run.add_argument("configs", nargs="+", type=Path,
@@ -125,7 +128,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         except ConfigError as e:  # name the flag the user typed
             raise ConfigError(re.sub(r"config key '(\w+)'", lambda m: f"--{m.group(1).replace('_', '-')}", str(e))) from e
         out = args.out or Path("runs") / cfg.label
-        last = run(cfg, out, resume=not args.no_resume)[-1]
+        from .systems.lab.qcodes import use_station
+
+        device, recorder = use_station(args, cfg)  # --station: train the lab's instruments (QCoDeS)
+        try:
+            last = run(cfg, out, resume=not args.no_resume, device=device)[-1]
+        finally:
+            if recorder is not None:
+                recorder.close()
         print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
               f"-> {out}/metrics.jsonl")
     elif args.command == "run":

@@ -288,12 +288,13 @@ def load_data(cfg: TrainConfig):
     return load_task(cfg.dataset_name, cfg.data_root, train=cfg.train_samples, test=cfg.test_samples, seed=cfg.seed)
 
 
-def build(cfg: TrainConfig, data=None):
-    """``(dataset, model, method, optimizer)`` for a config."""
+def build(cfg: TrainConfig, data=None, device: PhysicalSystem | None = None):
+    """``(dataset, model, method, optimizer)`` for a config (``device``: a device built elsewhere, e.g. a QCoDeS station's)."""
     cfg.validate()
     if data is None:
         data = load_data(cfg)
-    device = build_device(cfg, data)
+    if device is None:
+        device = build_device(cfg, data)
     model = build_model(cfg.model or default_model(device), data, device, seed=cfg.seed, options=cfg.model_options)
     if cfg.entry.kind == "energy":
         from ..models.energy_model import energy_model_of
@@ -320,12 +321,12 @@ def loss_function(model):
 
 
 def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool | None = None, data=None,
-        resume: bool = True) -> list[dict]:
+        resume: bool = True, device: PhysicalSystem | None = None) -> list[dict]:
     """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there.
 
     The last line of metrics.jsonl is the last epoch's record, with ``test_accuracy`` and ``queries``.
     """
-    data, model, method, optimizer = build(cfg, data)
+    data, model, method, optimizer = build(cfg, data, device)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ class ParameterSpec:
     """One controllable parameter of a device.
 
     ``low``/``high`` are the safe range, a number or a tensor broadcastable to ``shape`` (per
-    element bounds); ``default`` is the setting a fresh device starts from.
+    element bounds); ``default`` is the setting a fresh device starts from. ``max_step`` is the
+    largest allowed change of any element between two consecutive applied settings (``None``: no
+    ramp limit), ``step_delay_s`` the wait between ramp waypoints, ``settle_s`` the wait after setting.
     """
 
     name: str
@@ -50,6 +52,9 @@ class ParameterSpec:
     high: Bound = math.inf
     default: torch.Tensor | float = 0.0
     unit: str = ""
+    max_step: float | None = None
+    step_delay_s: float = 0.0
+    settle_s: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
