@@ -19,7 +19,7 @@ import torch.nn.functional as F
 ray = pytest.importorskip("ray")  # installed by the test extra: a skip here is a failure of the set-up
 
 from physgrad.carriers import InProcess  # noqa: E402
-from physgrad.carriers.ray_farm import DeviceFarm, build_device, part_seed, resolve_factory  # noqa: E402
+from physgrad.carriers.ray_farm import RAY_SYSTEM_CONFIG, DeviceFarm, build_device, part_seed, resolve_factory  # noqa: E402
 from physgrad.cost import Cost  # noqa: E402
 from physgrad.errors import ConfigError, MeasurementError  # noqa: E402
 from physgrad.methods.registry import make_method, method_entry, method_names  # noqa: E402
@@ -62,7 +62,7 @@ def local_ray():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the test devices travel by value
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1", object_store_memory=100 * 2**20)
+             _node_ip_address="127.0.0.1", object_store_memory=100 * 2**20, _system_config=RAY_SYSTEM_CONFIG)
     yield
     ray.shutdown()
 
@@ -99,9 +99,6 @@ def test_factory_accepts_callable_and_module_class_and_names_bad_ones():
 def test_devices_with_different_identities_are_refused_unless_heterogeneous():
     with pytest.raises(ConfigError, match="different identities"):
         DeviceFarm(RESERVOIR, 2, device_kwargs=DEVICE, per_device=lambda i: {"name": f"chip{i}"})
-    with DeviceFarm(RESERVOIR, 2, device_kwargs=DEVICE, per_device=lambda i: {"name": f"chip{i}"},
-                    heterogeneous=True) as farm:
-        assert farm.identities == ["chip0", "chip1"]
 
 
 # ------------------------------------------------------------------ the same answer at any size
@@ -131,32 +128,51 @@ def _estimate_and_training(farm):
     return estimate, estimate_cost, final, method.total_cost
 
 
-def test_estimate_and_training_bit_identical_for_1_2_4_devices_and_in_process():
+def test_estimate_and_training_bit_identical_for_4_2_1_devices_and_in_process():
     reference = _estimate_and_training(None)
-    for n in (1, 2, 4):
-        with DeviceFarm(RESERVOIR, n, device_kwargs=DEVICE) as farm:
+    with DeviceFarm(RESERVOIR, 4, device_kwargs=DEVICE) as farm:
+        for n in (4, 2, 1):  # the same farm, devices retired between sizes (fewer actors to start)
+            while len(farm.live) > n:
+                with pytest.warns(RuntimeWarning, match="retired"):
+                    farm.retire(farm.live[-1])
             est, est_cost, final, total = _estimate_and_training(farm)
-            assert farm.cost.queries > 0
-        assert all(torch.equal(a, b) for a, b in zip(est, reference[0])), f"estimate differs at N={n}"
-        assert all(torch.equal(a, b) for a, b in zip(final, reference[2])), f"training differs at N={n}"
-        assert est_cost == reference[1] and total == reference[3], f"cost differs at N={n}"
+            assert all(torch.equal(a, b) for a, b in zip(est, reference[0])), f"estimate differs at N={n}"
+            assert all(torch.equal(a, b) for a, b in zip(final, reference[2])), f"training differs at N={n}"
+            assert est_cost == reference[1] and total == reference[3], f"cost differs at N={n}"
+        assert farm.retired == [3, 2, 1]
+        with pytest.raises(ConfigError, match="devices 0..3"):
+            farm.retire(7)
 
 
 def test_noisy_devices_bit_identical_at_any_size_with_grain_and_noise_seed():
     noisy = dict(DEVICE, noise=MeasurementNoise(additive=0.05))
     outs = []
-    for n in (1, 2):
-        model, x, y = tiny_net(RandomReservoir(**noisy))
-        method = make_method("pgt", num_pairs=4, delta=1e-2, scope="local", seed=2)
-        with DeviceFarm(RESERVOIR, n, device_kwargs=noisy, grain=4, noise_seed=11) as farm:
+    with DeviceFarm(RESERVOIR, 2, device_kwargs=noisy, grain=4, noise_seed=11) as farm:
+        for n in (2, 1):
+            if n == 1:
+                with pytest.warns(RuntimeWarning):
+                    farm.retire(1)
+            farm.load_state_dict({"calls": 0, "cost": Cost().as_dict()})  # the same per-part seeds again
+            model, x, y = tiny_net(RandomReservoir(**noisy))
+            method = make_method("pgt", num_pairs=4, delta=1e-2, scope="local", seed=2)
             method.carrier = farm
             for _ in range(2):
                 model.zero_grad()
                 method.backward(model, F.cross_entropy, x, y)
             outs.append(grads_of(model))
-            assert farm.state_dict()["calls"] == farm.calls > 0
+            assert farm.state_dict()["calls"] == farm.calls == 4
     assert all(torch.equal(a, b) for a, b in zip(*outs))
+    assert not all(torch.equal(a, b) for a, b in zip(outs[0], _noisy_in_process(noisy)))  # the noise is real
     assert part_seed(11, 1, 0) != part_seed(11, 1, 1) != part_seed(11, 2, 1)
+
+
+def _noisy_in_process(noisy):
+    model, x, y = tiny_net(RandomReservoir(**noisy))
+    method = make_method("pgt", num_pairs=4, delta=1e-2, scope="local", seed=2)
+    for _ in range(2):
+        model.zero_grad()
+        method.backward(model, F.cross_entropy, x, y)
+    return grads_of(model)
 
 
 # ------------------------------------------------------------------ every static method, both scopes
@@ -195,7 +211,9 @@ def test_a_pair_is_always_measured_on_one_device():
     x = torch.randn(3, 6)
     probes = method.ask(dev.initial_parameters(), x, bounds=dev.parameter_bounds(), system=dev)
     assert isinstance(probes, PerturbationProbes)
-    with DeviceFarm(WhoAnswers, 3, device_kwargs=DEVICE, per_device=lambda i: {"index": i}) as farm:
+    with DeviceFarm(WhoAnswers, 3, device_kwargs=DEVICE, per_device=lambda i: {"index": i, "name": f"chip{i}"},
+                    heterogeneous=True) as farm:
+        assert farm.identities == ["chip0", "chip1", "chip2"]  # distinct devices: distinct identities
         answers = farm(dev, probes)
     k = probes.pairs
     who = answers[:, 0, 0]

@@ -85,7 +85,10 @@ from .probes import Probes, split_points
 
 log = logging.getLogger(__name__)
 
-DeviceSpec = "str | Callable[..., Any]"
+#: Ray settings a farm starts Ray with (``ray start --system-config`` on a cluster): probes and answers
+#: of a few MB travel inline with the call instead of through the object store (halves the per-call
+#: overhead of a typical PGT gradient on this machine).
+RAY_SYSTEM_CONFIG = {"max_direct_call_object_size": 8 * 2**20, "task_rpc_inlined_bytes_limit": 64 * 2**20}
 
 
 # ----------------------------------------------------------------------------------- devices
@@ -298,7 +301,7 @@ class DeviceFarm:
         self.redispatched = 0
         self._started_ray = False
         if not ray.is_initialized():
-            options = {"include_dashboard": False, "log_to_driver": False}
+            options = {"include_dashboard": False, "log_to_driver": False, "_system_config": dict(RAY_SYSTEM_CONFIG)}
             options.update(init_kwargs or {})
             ray.init(address=address, **options)
             self._started_ray = True
@@ -315,6 +318,7 @@ class DeviceFarm:
             kwargs.update(per_device(i) if per_device is not None else {})
             self._actors.append(worker.options(**opts).remote(factory, kwargs, i, self._ledger, threads))
         self._live = list(range(self.num_devices))
+        self._active: int | None = None
         self._strikes = [0] * self.num_devices
         self.retired: list[int] = []
         try:
@@ -338,6 +342,24 @@ class DeviceFarm:
         return list(self._live)
 
     @property
+    def active(self) -> int | None:
+        """Measure on the first ``active`` live devices only (``None``: all); the others stay idle.
+
+        Scales a farm down and up again without stopping actors (the scaling benchmark compares
+        sizes on one farm, interleaved).
+        """
+        return self._active
+
+    @active.setter
+    def active(self, value: int | None) -> None:
+        if value is not None and (int(value) != value or value < 1):
+            raise ConfigError(f"active must be a whole number >= 1 or None, got {value!r}")
+        self._active = None if value is None else int(value)
+
+    def _serving(self) -> list[int]:
+        return self._live if self._active is None else self._live[: self._active]
+
+    @property
     def actors(self) -> list[Any]:
         """The Ray actor handles, by device index."""
         return list(self._actors)
@@ -357,11 +379,11 @@ class DeviceFarm:
             raise MeasurementError("device farm: every device has been retired; nothing can measure")
         self.calls += 1
         call = self.calls
-        parts = probes.shard(self.grain or len(self._live))
+        parts = probes.shard(self.grain or len(self._serving()))
         results: list[Any] = [None] * len(parts)
         tried: dict[int, set[int]] = {i: set() for i in range(len(parts))}
         errors: dict[int, str] = {}
-        spent, done = Cost(), []
+        spent, done, restarted = Cost(), [], False
         queue = self._assign(list(range(len(parts))))
         try:
             while queue:
@@ -375,10 +397,14 @@ class DeviceFarm:
                     try:
                         out = ray.get(ref)
                     except ray.exceptions.RayActorError as e:
+                        restarted = True
                         self._retire(dev, f"its actor died for good ({type(e).__name__})")
                         again.extend(idx)
                         continue
                     done.append(out["attempt"])
+                    if out["pid"] != self.pids[dev]:  # Ray restarted the device: a part may have died in it
+                        restarted = True
+                        self.pids[dev] = out["pid"]
                     spent = spent + out["cost"]
                     failed = False
                     for i, answer, err in out["answers"]:
@@ -396,7 +422,7 @@ class DeviceFarm:
                 if again:
                     self.redispatched += len(again)
                     for i in sorted(again):
-                        choices = [d for d in self._live if d not in tried[i]]
+                        choices = [d for d in self._serving() + self._live if d not in tried[i]]
                         if not choices:
                             why = errors.get(i, "its device was retired")
                             raise MeasurementError(
@@ -404,8 +430,14 @@ class DeviceFarm:
                                 f"({sorted(tried[i])}): {why}"
                             )
                         queue.setdefault(choices[0], []).append(i)
+        except BaseException:
+            restarted = True
+            raise
         finally:
-            lost = ray.get(self._ledger.settle.remote(call, done))
+            # Parts lost in a dead process imply a restarted (new pid) or dead actor; otherwise the
+            # ledger only forgets this call's entries, without a round trip.
+            settled = self._ledger.settle.remote(call, done)
+            lost = ray.get(settled) if restarted else Cost()
             spent = spent + lost
             self.lost_cost = self.lost_cost + lost
             self.cost = self.cost + spent
@@ -416,7 +448,7 @@ class DeviceFarm:
 
     def _assign(self, indices: list[int]) -> dict[int, list[int]]:
         """Contiguous groups of part indices for the live devices, in order."""
-        live = self._live
+        live = self._serving()
         out: dict[int, list[int]] = {}
         for dev, (a, b) in zip(live, split_points(len(indices), len(live))):
             if b > a:
@@ -427,6 +459,12 @@ class DeviceFarm:
         self._strikes[dev] += 1
         if self._strikes[dev] >= self.max_failures:
             self._retire(dev, f"{self._strikes[dev]} failed measurements in a row")
+
+    def retire(self, dev: int, why: str = "retired by the user") -> None:
+        """Take device ``dev`` out of service (its actor is stopped); the farm goes on with the rest."""
+        if dev not in range(self.num_devices):
+            raise ConfigError(f"the farm has devices 0..{self.num_devices - 1}, not {dev!r}")
+        self._retire(dev, why)
 
     def _retire(self, dev: int, why: str) -> None:
         if dev not in self._live:
@@ -479,4 +517,4 @@ class DeviceFarm:
         return f"DeviceFarm({len(self._live)}/{self.num_devices} devices{extra})"
 
 
-__all__ = ["DeviceFarm", "build_device", "dispatched_cost", "part_seed", "resolve_factory"]
+__all__ = ["RAY_SYSTEM_CONFIG", "DeviceFarm", "build_device", "dispatched_cost", "part_seed", "resolve_factory"]
