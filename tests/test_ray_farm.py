@@ -203,6 +203,42 @@ def test_every_static_method_through_the_farm_equals_in_process(farm2, name, sco
     assert c0 == c1 and c1.queries > 0  # the stand-in device was credited with exactly what the farm counted
 
 
+HOPFIELD = dict(sizes=[6, 8, 4], gains=[0.7, 0.7], hidden_range=(-5, 5), output_range=(-5, 5), tolerance=1e-13,
+                max_sweeps=5000, seed=3)
+
+
+def hopfield_device():
+    """The energy device of ``EnergyModel(HopfieldNetwork(**HOPFIELD)).double()`` (built in the actor)."""
+    from physgrad.models import EnergyModel
+    from physgrad.systems import HopfieldNetwork
+
+    return EnergyModel(HopfieldNetwork(**HOPFIELD)).double().device
+
+
+def test_energy_methods_through_the_farm_equal_in_process():
+    from physgrad.models import EnergyModel
+    from physgrad.systems import HopfieldNetwork
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(5, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (5,), generator=g)
+    with DeviceFarm(hopfield_device, 2) as farm:
+        for name in [n for n in method_names() if method_entry(n).kind == "energy"]:
+            results = []
+            for carrier in (None, farm):
+                model = EnergyModel(HopfieldNetwork(**HOPFIELD)).double()
+                method = make_method(name)
+                if carrier is not None:
+                    method.carrier = carrier
+                for _ in range(2):
+                    model.zero_grad()
+                    loss = method.backward(model, model.loss, x, y)
+                results.append((loss, grads_of(model), method.last_cost))
+            (l0, g0, c0), (l1, g1, c1) = results
+            assert torch.equal(l0, l1), name
+            assert all(torch.equal(a, b) for a, b in zip(g0, g1)), name
+            assert c0 == c1 and c1.queries > 0, name  # every phase on one device, counted
+
+
 def test_a_pair_is_always_measured_on_one_device():
     from physgrad.methods.perturbation.engine import PerturbationProbes
 
@@ -351,3 +387,23 @@ def test_sweep_runs_each_config_and_seed_into_its_own_folder_and_resumes(tmp_pat
     assert (out / "small-seed0" / "checkpoint.pt").stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="share a folder"):
         plan([path, path])
+
+
+# ------------------------------------------------------------------ the command line hooks
+def test_cli_train_on_a_farm_equals_in_process_and_run_ray_sweeps(tmp_path, capsys):
+    from physgrad.cli import main
+
+    small = ["--epochs", "1", "--train-samples", "64", "--test-samples", "32", "--num-pairs", "2",
+             "--reservoir-size", "16", "--reservoir-inputs", "8", "--batch-size", "32"]
+    assert main(["train", *small, "--out", str(tmp_path / "local")]) == 0
+    assert main(["train", *small, "--devices", "2", "--out", str(tmp_path / "farm")]) == 0
+    local, farm = ([json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()][-1]
+                   for d in ("local", "farm"))
+    for key in ("loss", "test_accuracy", "queries", "samples"):
+        assert local[key] == farm[key], key
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"epochs": 1, "train_samples": 64, "test_samples": 32, "num_pairs": 2,
+                               "reservoir_size": 16, "reservoir_inputs": 8}))
+    assert main(["run", str(cfg), "--ray", "--seeds", "3", "--out", str(tmp_path / "sweep")]) == 0
+    assert (tmp_path / "sweep" / "c-seed3" / "checkpoint.pt").exists()
+    assert "c-seed3: test accuracy" in capsys.readouterr().out

@@ -44,10 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_options(p_train)
     p_train.add_argument("--out", type=Path, required=True, help="run folder (metrics.jsonl, checkpoint.pt)")
     p_train.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    p_train.add_argument("--devices", type=int, default=None, help="measure on a Ray farm of N devices (physgrad[ray])")
+    p_train.add_argument("--ray-address", default=None, help="Ray cluster to join (HOST:PORT; default: a local Ray)")
 
     p_run = sub.add_parser("run", help="train one or more JSON config files")
     p_run.add_argument("configs", nargs="+", type=Path)
     p_run.add_argument("--out", type=Path, required=True, help="parent folder; one sub-folder per config")
+    p_run.add_argument("--ray", action="store_true", help="run the configs (x seeds) as Ray tasks (physgrad[ray])")
+    p_run.add_argument("--ray-address", default=None, help="Ray cluster to join (HOST:PORT; default: a local Ray)")
+    p_run.add_argument("--seeds", type=int, nargs="+", default=None, help="with --ray: one run per config and seed")
 
     p_report = sub.add_parser("report", help="plots and a Markdown table from run folders")
     p_report.add_argument("runs", nargs="+", type=Path)
@@ -68,9 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
             cfg = TrainConfig.from_dict(values)
-            last = run(cfg, args.out, resume=not args.no_resume)[-1]
+            if args.devices:  # the Ray device farm (physgrad.experiments.sweep.farm_for_config)
+                from .experiments.sweep import farm_for_config
+
+                with farm_for_config(cfg, args.devices, args.ray_address) as farm:
+                    last = run(cfg, args.out, resume=not args.no_resume, carrier=farm)[-1]
+            else:
+                last = run(cfg, args.out, resume=not args.no_resume)[-1]
             print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
                   f"-> {args.out}/metrics.jsonl")
+        elif args.command == "run" and (args.ray or args.ray_address or args.seeds):
+            from .experiments.sweep import sweep
+
+            for name, last in sweep(args.configs, args.out, seeds=args.seeds, address=args.ray_address).items():
+                print(f"{name}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} queries")
         elif args.command == "run":
             configs = [TrainConfig.from_file(c) for c in args.configs]  # validate all before training any
             for path, cfg in zip(args.configs, configs):

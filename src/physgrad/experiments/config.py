@@ -170,9 +170,12 @@ def build(cfg: TrainConfig, data: Dataset | None = None):
 
 
 def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool | None = None, data: Dataset | None = None,
-        resume: bool = True) -> list[dict]:
-    """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there."""
+        resume: bool = True, carrier=None) -> list[dict]:
+    """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there.
+    ``carrier``: what carries the method's probes (e.g. a Ray ``DeviceFarm``; None: in process)."""
     data, model, method, optimizer = build(cfg, data)
+    if carrier is not None:
+        method.carrier = carrier
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

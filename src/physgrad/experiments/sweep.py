@@ -111,4 +111,24 @@ def sweep(
             ray.shutdown()
 
 
-__all__ = ["plan", "sweep", "train_config"]
+def _config_device(cfg):
+    """The device of ``cfg`` (what ``build(cfg)`` puts in the model), built where it is called."""
+    from .config import RESERVOIRS
+
+    return RESERVOIRS[cfg.reservoir](cfg)
+
+
+def farm_for_config(cfg, devices: int, address: str | None = None, **options: Any):
+    """A :class:`~physgrad.carriers.ray_farm.DeviceFarm` of ``devices`` copies of ``cfg`` 's device.
+
+    Each actor builds the device ``build(cfg)`` builds (same class, size and seed), so the farm's
+    devices and the model's stand-in are identical (``physgrad train --devices N``).
+    """
+    import functools
+
+    from ..carriers.ray_farm import DeviceFarm
+
+    return DeviceFarm(functools.partial(_config_device, cfg), devices, address=address, **options)
+
+
+__all__ = ["farm_for_config", "plan", "sweep", "train_config"]
