@@ -151,15 +151,15 @@ def main(argv=None) -> dict:
         p.add_argument("--latency", type=float, default=0.02, help="seconds per applied setting (default 0.02)")
         p.add_argument("--sizes", type=int, nargs="+", default=None, help="farm sizes (default 1 2 4 8 16; quick 1 2 8)")
         p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20; quick 2)")
-        p.add_argument("--steps", type=int, default=None, help="training steps per run (default 4; quick 2)")
-        p.add_argument("--pairs", type=int, default=32, help="± pairs per gradient (PGT-local)")
+        p.add_argument("--steps", type=int, default=2, help="training steps per run (default 2)")
+        p.add_argument("--pairs", type=int, default=64, help="± pairs per gradient (PGT-local; default 64)")
         p.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray on 127.0.0.1)")
 
     args = parse_args(__doc__.splitlines()[0], extra, argv)
     torch.set_num_threads(args.threads or 1)
     sizes = args.sizes or ([1, 2, 8] if args.quick else [1, 2, 4, 8, 16])
     rounds = args.rounds or (2 if args.quick else 20)
-    steps = args.steps or (2 if args.quick else 4)
+    steps = args.steps
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -171,7 +171,9 @@ def main(argv=None) -> dict:
             ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20, _system_config=RAY_SYSTEM_CONFIG)
+                     _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
+                     # a shared machine: the OS, not Ray's memory monitor, polices memory
+                     _system_config={**RAY_SYSTEM_CONFIG, "memory_monitor_refresh_ms": 0})
     load = [os.getloadavg()[0]]
     device = {"input_size": 16, "size": 64, "seed": 1, "seconds_per_setting": args.latency}
     quiet = dict(device, seconds_per_setting=0.0)  # the model's stand-in: never measured during a step
@@ -262,7 +264,7 @@ def main(argv=None) -> dict:
     a2.legend(fontsize=8)
     fig.suptitle(f"PGT-local on a {args.latency * 1e3:g} ms/setting device, Ray farm of N devices", fontsize=10)
     fig.tight_layout()
-    print(f"plot: {save_figure(fig, plot_path(args, 'ray_scaling.png'))}")
+    print(f"plot: {save_figure(fig, plot_path(args, 'ray_scaling'))}")
     write_json(args.out, figures)
     return figures
 

@@ -166,10 +166,12 @@ def _credit(system: Any, cost: Cost) -> None:
 class _Worker:
     """The body of a device actor: builds its device, answers parts, reports what it counted."""
 
-    def __init__(self, factory, kwargs, index: int, ledger, threads: int = 1) -> None:
+    def __init__(self, factory, kwargs, index: int, ledger: str, threads: int = 1) -> None:
+        import ray
+
         torch.set_num_threads(max(1, int(threads)))
         self.index = index
-        self.ledger = ledger
+        self.ledger = ray.get_actor(ledger)  # by name: a restarted actor finds it again
         self.system = build_device(factory, kwargs)
 
     def info(self) -> dict:
@@ -310,13 +312,14 @@ class DeviceFarm:
             resolve_factory(factory)  # fail here, naming the problem, not in every actor
         opts = {"num_cpus": 0, "max_restarts": int(max_restarts), "max_task_retries": int(max_task_retries)}
         opts.update(actor_options or {})
-        self._ledger = ray.remote(num_cpus=0)(_Ledger).remote()
+        ledger = f"physgrad-farm-ledger-{uuid.uuid4().hex}"
+        self._ledger = ray.remote(num_cpus=0)(_Ledger).options(name=ledger).remote()
         worker = ray.remote(_Worker)
         self._actors = []
         for i in range(self.num_devices):
             kwargs = dict(device_kwargs or {})
             kwargs.update(per_device(i) if per_device is not None else {})
-            self._actors.append(worker.options(**opts).remote(factory, kwargs, i, self._ledger, threads))
+            self._actors.append(worker.options(**opts).remote(factory, kwargs, i, ledger, threads))
         self._live = list(range(self.num_devices))
         self._active: int | None = None
         self._strikes = [0] * self.num_devices
