@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     from .systems.lab.qcodes import add_station_arguments  # adding the options imports nothing from QCoDeS
 
     add_station_arguments(p_train)
+    p_train.add_argument("--devices", type=int, default=None, help="measure on a Ray farm of N devices (physgrad[ray])")
+    p_train.add_argument("--ray-address", default=None, help="Ray cluster to join (HOST:PORT; default: a local Ray)")
 
     p_run = sub.add_parser("run", help="train one or more JSON config files")
     p_run.add_argument("configs", nargs="+", type=Path,
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--out", type=Path, required=True, help="parent folder; one sub-folder per config")
     for flag, kind in (("--epochs", int), ("--train-samples", int), ("--test-samples", int), ("--seed", int)):
         p_run.add_argument(flag, type=kind, default=None, help="override this key of every config (quick versions)")
+    p_run.add_argument("--ray", action="store_true", help="run the configs (x seeds) as Ray tasks (physgrad[ray])")
+    p_run.add_argument("--ray-address", default=None, help="Ray cluster to join (HOST:PORT; default: a local Ray)")
+    p_run.add_argument("--seeds", type=int, nargs="+", default=None, help="with --ray: one run per config and seed")
 
     p_check = sub.add_parser("check-device", help="check that a device keeps the PhysicalSystem contract")
     p_check.add_argument("device", help="built-in name, module:Class / module:factory, or tcp://HOST:PORT")
@@ -132,12 +137,24 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         device, recorder = use_station(args, cfg)  # --station: train the lab's instruments (QCoDeS)
         try:
-            last = run(cfg, out, resume=not args.no_resume, device=device)[-1]
+            if args.devices:  # the Ray device farm (physgrad.experiments.sweep.farm_for_config)
+                from .experiments.sweep import farm_for_config
+
+                with farm_for_config(cfg, args.devices, args.ray_address) as farm:
+                    last = run(cfg, out, resume=not args.no_resume, carrier=farm)[-1]
+            else:
+                last = run(cfg, out, resume=not args.no_resume, device=device)[-1]
         finally:
             if recorder is not None:
                 recorder.close()
         print(f"{cfg.label}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} device queries "
               f"-> {out}/metrics.jsonl")
+    elif args.command == "run" and (args.ray or args.ray_address or args.seeds):
+        from .experiments.sweep import sweep
+
+        paths = [_config_path(c) for c in args.configs]
+        for name, last in sweep(paths, args.out, seeds=args.seeds, address=args.ray_address).items():
+            print(f"{name}: test accuracy {100 * last['test_accuracy']:.2f} %, {last['queries']:,} queries")
     elif args.command == "run":
         overrides = _overrides(args)
         args.configs = [_config_path(c) for c in args.configs]

@@ -321,12 +321,16 @@ def loss_function(model):
 
 
 def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool | None = None, data=None,
-        resume: bool = True, device: PhysicalSystem | None = None) -> list[dict]:
+        resume: bool = True, device: PhysicalSystem | None = None, carrier=None) -> list[dict]:
     """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there.
 
     The last line of metrics.jsonl is the last epoch's record, with ``test_accuracy`` and ``queries``.
+    ``device``: a device built elsewhere (e.g. a QCoDeS station's); ``carrier``: what carries the
+    method's probes (e.g. a Ray ``DeviceFarm``; None: in process).
     """
     data, model, method, optimizer = build(cfg, data, device)
+    if carrier is not None:
+        method.carrier = carrier
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,273 @@
+"""How a Ray farm of devices scales: throughput, wall time and parallel efficiency at N devices.
+
+Question: when each measurement takes real time (a latency-bound device: ``Latency`` waits
+``--latency`` seconds per applied setting, settle plus acquisition, the way an instrument does), how
+much faster does training go with N devices measuring one gradient's probes at once, what does
+the Ray carrier cost at N = 1 against measuring in process, and what does Ray cost when the device
+is *not* slow (a CPU-bound simulator, N = 1, 2 on this machine's cores)?
+
+Protocol. One Ray farm of ``max(N)`` identical devices; its size is set per run with
+``farm.active`` (the other actors idle), so every size and the in-process reference are timed in
+one process, interleaved (in-process, N=1, N=2, ... then again), ``--rounds`` rounds; medians and
+minima reported with the load average. Each run is the same short training (``--steps`` steps of
+PGT-local, ``--pairs`` ± pairs, one hybrid digital → device → digital network, Adam) from the same
+seed: the final parameters of every run are compared bit for bit. Throughput = device queries /
+wall time; parallel efficiency(N) = throughput(N) / (N · throughput(1)), both on the farm.
+A last step on the farm at N = 2 kills one device's process mid-measurement: it must complete, with
+the same gradient as in process and the killed share counted.
+
+``python -m benchmarks.ray_scaling [--quick] --out F.json`` writes ``efficiency_8``, ``overhead_1``,
+``identical_parameters``, ``killed_actor_step_completed`` and the per-N figures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks._common import markdown_table, parse_args, plot_path, save_figure, write_json
+
+LATENCY_DEVICE = "physgrad.systems.wrappers.latency:latency_reservoir"
+FEATURES, CLASSES, BATCH = 16, 4, 16
+
+
+def _data(steps: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, BATCH, FEATURES, generator=g)
+    w = torch.randn(FEATURES, CLASSES, generator=g)
+    return x, (x @ w).argmax(-1)
+
+
+def _train(device_kwargs: dict, carrier, steps: int, pairs: int):
+    """The short training: ``(wall seconds, queries, final parameters, method)``."""
+    from physgrad.methods.registry import make_method
+    from physgrad.models.physical_layer import clamp_to_safe_range_
+    from physgrad.models.reservoir_net import ReservoirNet
+    from physgrad.systems.wrappers.latency import latency_reservoir
+
+    model = ReservoirNet(FEATURES, latency_reservoir(**device_kwargs), CLASSES, seed=0)
+    method = make_method("pgt", scope="local", num_pairs=pairs, delta=1e-2, seed=0)
+    if carrier is not None:
+        method.carrier = carrier
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xs, ys = _data(steps)
+    start = time.perf_counter()
+    for x, y in zip(xs, ys):
+        opt.zero_grad(set_to_none=True)
+        method.backward(model, F.cross_entropy, x, y)
+        opt.step()
+        clamp_to_safe_range_(model)
+    wall = time.perf_counter() - start
+    return wall, method.total_cost.queries, [p.detach().clone() for p in model.parameters()], method
+
+
+def _kill_mid_step(farm, device_kwargs: dict, pairs: int) -> dict:
+    """One step at N = 2 with device 0's process killed mid-measurement: completed, same, counted?"""
+    from physgrad.methods.registry import make_method
+    from physgrad.models.reservoir_net import ReservoirNet
+    from physgrad.systems.wrappers.latency import latency_reservoir
+
+    quiet = dict(device_kwargs, seconds_per_setting=0.0)
+    x, y = (t[0] for t in _data(1, seed=1))
+    ref_model = ReservoirNet(FEATURES, latency_reservoir(**quiet), CLASSES, seed=0)
+    ref = make_method("pgt", scope="local", num_pairs=pairs, delta=1e-2, seed=3)
+    ref.backward(ref_model, F.cross_entropy, x, y)
+
+    farm.active = 2
+    model = ReservoirNet(FEATURES, latency_reservoir(**quiet), CLASSES, seed=0)
+    method = make_method("pgt", scope="local", num_pairs=pairs, delta=1e-2, seed=3)
+    method.carrier = farm
+    lost_before = farm.lost_cost
+    done, failure = threading.Event(), []
+
+    def step():
+        try:
+            method.backward(model, F.cross_entropy, x, y)
+        except BaseException as e:  # reported in the figures
+            failure.append(repr(e))
+        done.set()
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while farm.in_flight() < 2 and time.monotonic() < deadline and not done.is_set():
+        time.sleep(0.005)
+    killed = False
+    if not done.is_set():
+        os.kill(farm.pids[0], signal.SIGKILL)
+        killed = True
+    thread.join(300)
+    lost = (farm.lost_cost - lost_before).queries
+    same = done.is_set() and not failure and all(
+        torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), ref_model.parameters())
+    )
+    counted = method.last_cost.queries == ref.last_cost.queries + lost
+    return {
+        "killed_actor_step_completed": bool(killed and same and counted and lost > 0),
+        "killed_step_queries": method.last_cost.queries,
+        "killed_step_queries_without_kill": ref.last_cost.queries,
+        "killed_share_queries": lost,
+        "killed_step_error": failure[0] if failure else "",
+    }
+
+
+def _cpu_bound(farm_factory, sizes, rounds: int, steps: int, pairs: int, kwargs: dict) -> tuple[list[list], dict]:
+    """The same short training on a device with no latency: what Ray costs when the device is fast."""
+    farm = farm_factory(max(sizes), kwargs)
+    times: dict = {"in-process": []}
+    times.update({n: [] for n in sizes})
+    finals = {}
+    try:
+        for _ in range(rounds):
+            for n in ["in-process", *sizes]:
+                farm.active = None if n == "in-process" else n
+                wall, queries, final, _ = _train(kwargs, None if n == "in-process" else farm, steps, pairs)
+                times[n].append(wall)
+                finals[n] = final
+    finally:
+        farm.close()
+    base = statistics.median(times["in-process"])
+    rows, figures = [], {}
+    for n, ts in times.items():
+        med = statistics.median(ts)
+        rows.append([f"cpu-bound, {n}" if n == "in-process" else f"cpu-bound, N={n}", f"{med:.3f}", f"{min(ts):.3f}",
+                     f"{med / base:.2f}"])
+        if n != "in-process":
+            figures[f"cpu_time_ratio_{n}"] = med / base
+    figures["cpu_identical_parameters"] = all(
+        all(torch.equal(a, b) for a, b in zip(f, finals["in-process"])) for f in finals.values()
+    )
+    return rows, figures
+
+
+def main(argv=None) -> dict:
+    def extra(p):
+        p.add_argument("--latency", type=float, default=0.02, help="seconds per applied setting (default 0.02)")
+        p.add_argument("--sizes", type=int, nargs="+", default=None, help="farm sizes (default 1 2 4 8 16; quick 1 2 8)")
+        p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20; quick 2)")
+        p.add_argument("--steps", type=int, default=2, help="training steps per run (default 2)")
+        p.add_argument("--pairs", type=int, default=64, help="± pairs per gradient (PGT-local; default 64)")
+        p.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray on 127.0.0.1)")
+
+    args = parse_args(__doc__.splitlines()[0], extra, argv)
+    torch.set_num_threads(args.threads or 1)
+    sizes = args.sizes or ([1, 2, 8] if args.quick else [1, 2, 4, 8, 16])
+    rounds = args.rounds or (2 if args.quick else 20)
+    steps = args.steps
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from physgrad.carriers.ray_farm import RAY_SYSTEM_CONFIG, DeviceFarm
+
+    started = not ray.is_initialized()
+    if started:
+        if args.address:
+            ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1", object_store_memory=200 * 2**20,
+                     # a shared machine: the OS, not Ray's memory monitor, polices memory
+                     _system_config={**RAY_SYSTEM_CONFIG, "memory_monitor_refresh_ms": 0})
+    load = [os.getloadavg()[0]]
+    device = {"input_size": 16, "size": 64, "seed": 1, "seconds_per_setting": args.latency}
+    quiet = dict(device, seconds_per_setting=0.0)  # the model's stand-in: never measured during a step
+    try:
+        t0 = time.perf_counter()
+        farm = DeviceFarm(LATENCY_DEVICE, max(sizes), device_kwargs=device)
+        startup = time.perf_counter() - t0
+        times = {"in-process": [], **{n: [] for n in sizes}}
+        queries, finals = {}, {}
+        for _ in range(rounds):
+            for n in ["in-process", *sizes]:
+                if n == "in-process":
+                    wall, q, final, _ = _train(device, None, steps, args.pairs)
+                else:
+                    farm.active = n
+                    wall, q, final, _ = _train(quiet, farm, steps, args.pairs)
+                times[n].append(wall)
+                queries[n] = q
+                finals[n] = final
+            load.append(os.getloadavg()[0])
+        killed = _kill_mid_step(farm, device, args.pairs)
+        farm.close()
+
+        def cpu_farm(n, kwargs):
+            return DeviceFarm(LATENCY_DEVICE, n, device_kwargs=kwargs)
+
+        cpu_kwargs = {"input_size": 64, "size": 512, "seed": 1, "seconds_per_setting": 0.0}
+        cpu_rows, cpu_figures = _cpu_bound(cpu_farm, [1, 2], max(2, rounds // 4), steps, args.pairs, cpu_kwargs)
+        load.append(os.getloadavg()[0])
+    finally:
+        if started:
+            ray.shutdown()
+
+    med = {n: statistics.median(ts) for n, ts in times.items()}
+    thr = {n: queries[n] / med[n] for n in times}
+    identical = all(all(torch.equal(a, b) for a, b in zip(f, finals["in-process"])) for f in finals.values())
+    figures = {
+        "latency_s": args.latency, "pairs": args.pairs, "steps": steps, "rounds": rounds, "sizes": " ".join(map(str, sizes)),
+        "queries_per_run": queries[sizes[0]], "farm_startup_s": startup,
+        "overhead_1": med[1] / med["in-process"] - 1,
+        "identical_parameters": identical,
+        "load_average_min": min(load), "load_average_max": max(load),
+        "wall_in_process_s": med["in-process"],
+        **killed, **cpu_figures,
+    }
+    rows = [["in-process", "1", f"{med['in-process']:.3f}", f"{min(times['in-process']):.3f}",
+             f"{thr['in-process']:.1f}", "-", "-"]]
+    for n in sizes:
+        eff = thr[n] / (n * thr[1])
+        figures[f"wall_{n}_s"] = med[n]
+        figures[f"throughput_{n}"] = thr[n]
+        figures[f"efficiency_{n}"] = eff
+        figures[f"speedup_{n}"] = med[1] / med[n]
+        rows.append([f"Ray farm", str(n), f"{med[n]:.3f}", f"{min(times[n]):.3f}", f"{thr[n]:.1f}",
+                     f"{med[1] / med[n]:.2f}", f"{eff:.2f}"])
+    # per-probe overhead of the carrier (what the extrapolation uses): (farm N=1 - in-process) per query
+    figures["overhead_per_query_ms"] = 1e3 * (med[1] - med["in-process"]) / queries[1]
+    figures["calls_per_run"] = steps * 2
+
+    print(f"\nLatency-bound device ({args.latency * 1e3:g} ms per setting), PGT-local, {args.pairs} pairs, "
+          f"{steps} steps, {rounds} interleaved rounds; load average {min(load):.1f}-{max(load):.1f}\n")
+    print(markdown_table(rows, ["carrier", "devices N", "wall median (s)", "wall min (s)", "queries/s",
+                                "speed-up vs N=1", "efficiency"]))
+    print(f"\noverhead of the Ray carrier at N=1: {100 * figures['overhead_1']:+.1f} % "
+          f"({figures['overhead_per_query_ms']:.2f} ms per query); identical parameters at every N: {identical}; "
+          f"killed actor step completed and counted: {killed['killed_actor_step_completed']} "
+          f"({killed['killed_step_queries']} queries = {killed['killed_step_queries_without_kill']} + "
+          f"{killed['killed_share_queries']} re-measured)\n")
+    print(markdown_table(cpu_rows, ["CPU-bound device", "wall median (s)", "wall min (s)", "÷ in-process"]))
+
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a1.plot(sizes, [thr[n] for n in sizes], "o-", label="Ray farm")
+    a1.plot(sizes, [n * thr[1] for n in sizes], "k--", lw=0.8, label="ideal (N × N=1)")
+    a1.axhline(thr["in-process"], color="grey", lw=0.8, label="in process")
+    a1.set_xscale("log", base=2)
+    a1.set_yscale("log")
+    a1.set_xlabel("devices N")
+    a1.set_ylabel("device queries / s")
+    a1.legend(fontsize=8)
+    a2.plot(sizes, [figures[f"efficiency_{n}"] for n in sizes], "o-")
+    a2.axhline(0.8, color="r", lw=0.8, ls=":", label="floor 0.8")
+    a2.set_xscale("log", base=2)
+    a2.set_ylim(0, 1.1)
+    a2.set_xlabel("devices N")
+    a2.set_ylabel("parallel efficiency")
+    a2.legend(fontsize=8)
+    fig.suptitle(f"PGT-local on a {args.latency * 1e3:g} ms/setting device, Ray farm of N devices", fontsize=10)
+    fig.tight_layout()
+    print(f"plot: {save_figure(fig, plot_path(args, 'ray_scaling'))}")
+    write_json(args.out, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
