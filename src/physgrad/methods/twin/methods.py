@@ -23,10 +23,12 @@
       by ``Σ⁻¹ = (I − uuᵀ)/α + uuᵀ/(α + (1−α) n)`` — the normalisation that keeps it unbiased
       (the paper's ``1/(2σ²)`` scaling estimates ``Σ g``, a descent direction but not ``g``).
 
-    The coefficient ``c`` is either fixed or ``"auto"``: the regression coefficient
-    ``Σ s ŝ / Σ ŝ²`` of *past* corrections (an exponential moving average), clipped to ``[0, 1]`` —
-    computed before this step's draws, so the estimate stays unbiased; with a wrong twin it falls
-    towards 0 and the method becomes plain PGT.
+    The coefficient is one per block (``c_θ`` for the device parameters, ``c_x`` for its inputs;
+    the blocks' directions are independent, so each block's estimate stays unbiased), either fixed or
+    ``"auto"``: the least-squares regression of past measured ``s`` on the twin's ``(ŝ_θ, ŝ_x)``
+    (exponential moving averages of the normal equations), clipped to ``[0, 1]`` — computed before
+    this step's draws, so the estimate stays unbiased; with a wrong twin it falls towards 0 and the
+    method becomes plain PGT.
 
 Both work in the *local* scope: the physical layer's backward pass asks them for the device's VJP
 (``PhysicalLayer`` in ``"estimate"`` mode) and autograd carries exact gradients through the digital
@@ -238,7 +240,7 @@ class TwinGuidedPGT(TwinMethod):
         self.correction_prob = float(correction_prob)
         self.coef_decay = float(coef_decay)
         self._cov: dict[str, list[float]] = {}  # per device: EMA of Σ s·ŝ and Σ ŝ²
-        self.last_coef = 1.0 if coef == "auto" else float(coef)
+        self.last_coef = (1.0, 1.0) if coef == "auto" else (float(coef), float(coef))
 
     # ------------------------------------------------------------------ directions
     def _guided(self, k: int, u: torch.Tensor | None, n: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,10 +285,10 @@ class TwinGuidedPGT(TwinMethod):
             tgx, tgt = tgx.to(dtype).reshape(b, d_in), tgt.to(dtype)
         else:
             tgx, tgt = torch.zeros(b, d_in, dtype=dtype), torch.zeros(b, d_theta, dtype=dtype)
-        c = self._coefficient(system) if (self.control_variate and twin.fits) else 0.0
-        self.last_coef = c
-        gx = c * tgx
-        gt = c * tgt.sum(0)
+        c_t, c_x = self._coefficients(system) if (self.control_variate and twin.fits) else (0.0, 0.0)
+        self.last_coef = (c_t, c_x)
+        gx = c_x * tgx
+        gt = c_t * tgt.sum(0)
         q = self.correction_prob
         measure = q >= 1.0 or float(torch.rand((), generator=self.generator)) < q
         if measure:
@@ -302,10 +304,11 @@ class TwinGuidedPGT(TwinMethod):
             else:
                 px = ix = torch.zeros(k, b, d_in, dtype=dtype)
             s_dev = self._measure_directional(system, params, names, shapes, theta, inputs, pt, px, v)  # [k, b]
-            s_tw = (pt @ tgt.T) + torch.einsum("kbn,bn->kb", px, tgx)                              # [k, b]
+            s_tw_t = pt @ tgt.T                                  # [k, b]: the twin's exact directional derivatives,
+            s_tw_x = torch.einsum("kbn,bn->kb", px, tgx)         # parameter part and input part
             if self.control_variate and self.coef == "auto" and twin.fits:
-                self._record(system, s_dev, s_tw)
-            r = (s_dev - c * s_tw) / (k * q)
+                self._record(system, s_dev, s_tw_t, s_tw_x)
+            r = (s_dev - c_t * s_tw_t - c_x * s_tw_x) / (k * q)
             gt = gt + r.sum(1) @ it
             if need_input_grad:
                 gx = gx + torch.einsum("kb,kbn->bn", r, ix)
@@ -316,21 +319,38 @@ class TwinGuidedPGT(TwinMethod):
             offset += size
         return (gx.reshape(inputs.shape) if need_input_grad else None), grads
 
-    def _coefficient(self, system: PhysicalSystem) -> float:
-        if self.coef != "auto":
-            return float(self.coef)
-        sxy, syy = self._cov.get(device_key(system), (1.0, 1.0))
-        return float(min(max(sxy / syy, 0.0), 1.0)) if syy > 0 else 1.0
+    def _coefficients(self, system: PhysicalSystem) -> tuple[float, float]:
+        """``(c_θ, c_x)``: fixed, or the least-squares regression of past ``s`` on the twin's ``(ŝ_θ, ŝ_x)``.
 
-    def _record(self, system: PhysicalSystem, s_dev: torch.Tensor, s_tw: torch.Tensor) -> None:
+        Separate coefficients for the parameter block and the input block keep the estimate unbiased
+        (the blocks' directions are independent) and let a twin whose input Jacobian is good but whose
+        parameter Jacobian is poor be used where it helps. Clipped to ``[0, 1]``.
+        """
+        if self.coef != "auto":
+            return float(self.coef), float(self.coef)
+        stats = self._cov.get(device_key(system))
+        if stats is None:
+            return 1.0, 1.0
+        a_tt, a_tx, a_xx, b_t, b_x = stats
+        det = a_tt * a_xx - a_tx * a_tx
+        if det <= 1e-12 * max(a_tt * a_xx, 1e-300):
+            c_t = b_t / a_tt if a_tt > 0 else 0.0
+            c_x = b_x / a_xx if a_xx > 0 else 0.0
+        else:
+            c_t = (a_xx * b_t - a_tx * b_x) / det
+            c_x = (a_tt * b_x - a_tx * b_t) / det
+        clip = lambda c: float(min(max(c, 0.0), 1.0))  # noqa: E731
+        return clip(c_t), clip(c_x)
+
+    def _record(self, system: PhysicalSystem, s_dev: torch.Tensor, s_t: torch.Tensor, s_x: torch.Tensor) -> None:
         key = device_key(system)
-        sxy, syy = float((s_dev * s_tw).mean()), float((s_tw * s_tw).mean())
+        new = [float((s_t * s_t).mean()), float((s_t * s_x).mean()), float((s_x * s_x).mean()),
+               float((s_dev * s_t).mean()), float((s_dev * s_x).mean())]
         if key not in self._cov:
-            self._cov[key] = [sxy, syy]
+            self._cov[key] = new
         else:
             w = self.coef_decay
-            old = self._cov[key]
-            self._cov[key] = [w * old[0] + (1 - w) * sxy, w * old[1] + (1 - w) * syy]
+            self._cov[key] = [w * o + (1 - w) * n for o, n in zip(self._cov[key], new)]
 
     def _measure_directional(self, system, params, names, shapes, theta, inputs, pt, px, v) -> torch.Tensor:
         """``s_{k,b} = v_b · (y(x_b + δP^in, θ + δP) − y(x_b − δP^in, θ − δP)) / (2δ)``: ``2K`` queries, one call."""

@@ -87,12 +87,12 @@ class Twin:
         batch_size: int = 256,
         max_epochs: int = 60,
         patience: int = 6,
-        max_steps: int = 600,
+        max_steps: int = 400,
         refit_growth: float = 0.5,
         refit_tolerance: float = 2.0,
         drift_weight: float = 0.2,
         min_new_rows: int = 256,
-        spread: float = 0.5,
+        spread: float = 0.1,
         seed: int = 0,
     ) -> None:
         if not 0.0 < holdout < 1.0:
@@ -131,11 +131,13 @@ class Twin:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.net = _MLP(self.d_theta + self.d_in, self.hidden, self.d_out)
-        # replay buffer (per-sample rows)
-        self._theta = torch.zeros(0, self.d_theta)
-        self._x = torch.zeros(0, self.d_in)
-        self._y = torch.zeros(0, self.d_out)
-        self._held = torch.zeros(0, dtype=torch.bool)
+        # replay buffer (per-sample rows): a preallocated ring, ``_n`` rows filled, ``_next`` the slot to write
+        self._theta = torch.zeros(self.capacity, self.d_theta)
+        self._x = torch.zeros(self.capacity, self.d_in)
+        self._y = torch.zeros(self.capacity, self.d_out)
+        self._held = torch.zeros(self.capacity, dtype=torch.bool)
+        self._n = 0
+        self._next = 0
         self.rows_seen = 0
         self.sampled_queries = 0  # dedicated device queries spent on twin data
         self.fits = 0
@@ -189,15 +191,28 @@ class Twin:
             w = self.drift_weight
             self.drift_error = err if math.isnan(self.drift_error) else (1 - w) * self.drift_error + w * err
         held = torch.rand(k * b, generator=self.generator) < self.holdout
-        self._theta = torch.cat([self._theta, theta])[-self.capacity :]
-        self._x = torch.cat([self._x, x])[-self.capacity :]
-        self._y = torch.cat([self._y, y])[-self.capacity :]
-        self._held = torch.cat([self._held, held])[-self.capacity :]
+        n = k * b
+        if n > self.capacity:  # only the newest rows fit
+            theta, x, y, held = theta[-self.capacity :], x[-self.capacity :], y[-self.capacity :], held[-self.capacity :]
+            n = self.capacity
+        slots = (self._next + torch.arange(n)) % self.capacity
+        self._theta[slots], self._x[slots], self._y[slots], self._held[slots] = theta, x, y, held
+        self._next = int((self._next + n) % self.capacity)
+        self._n = min(self._n + n, self.capacity)
         self.rows_seen += k * b
 
     @property
     def rows(self) -> int:
-        return int(self._y.shape[0])
+        """Rows in the replay buffer now."""
+        return self._n
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The buffer's rows ``(θ [N, d_θ], x [N, d_in], y [N, d_out], held_out [N])``, oldest first."""
+        if self._n < self.capacity:
+            idx = torch.arange(self._n)
+        else:
+            idx = (self._next + torch.arange(self.capacity)) % self.capacity
+        return self._theta[idx], self._x[idx], self._y[idx], self._held[idx]
 
     def sample(self, system: PhysicalSystem, queries: int, center: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> int:
         """Take ``queries`` dedicated measurements around ``center`` (see the module docstring).
@@ -305,19 +320,19 @@ class Twin:
     def _fit(self) -> float:
         if self.rows == 0:
             raise ConfigError("the twin has no data to fit: observe some measurements first")
-        held = self._held
+        all_t, all_x, all_y, held = self.data()
         if held.all() or (~held).all():  # too few rows for a split: hold out every fifth row
             held = torch.zeros_like(held)
             held[::5] = True
             if self.rows < 2:
                 held[:] = False
         tr = ~held
-        self._x_mean = self._x[tr].mean(0)
-        self._x_std = self._x[tr].std(0, unbiased=False).clamp_min(1e-6)
-        self._y_mean = self._y[tr].mean(0)
-        self._y_std = self._y[tr].std(0, unbiased=False).clamp_min(1e-6)
-        t_tr, x_tr, y_tr = self._theta[tr], self._x[tr], self._y[tr]
-        t_ho, x_ho, y_ho = (self._theta[held], self._x[held], self._y[held]) if held.any() else (t_tr, x_tr, y_tr)
+        t_tr, x_tr, y_tr = all_t[tr], all_x[tr], all_y[tr]
+        t_ho, x_ho, y_ho = (all_t[held], all_x[held], all_y[held]) if held.any() else (t_tr, x_tr, y_tr)
+        self._x_mean = x_tr.mean(0)
+        self._x_std = x_tr.std(0, unbiased=False).clamp_min(1e-6)
+        self._y_mean = y_tr.mean(0)
+        self._y_std = y_tr.std(0, unbiased=False).clamp_min(1e-6)
         yn_tr = (y_tr - self._y_mean) / self._y_std
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
 
@@ -366,6 +381,7 @@ class Twin:
     def state_dict(self) -> dict:
         return {
             "net": self.net.state_dict(), "theta": self._theta, "x": self._x, "y": self._y, "held": self._held,
+            "n": self._n, "next": self._next,
             "generator": self.generator.get_state(), "rows_seen": self.rows_seen, "sampled_queries": self.sampled_queries,
             "fits": self.fits, "rows_at_fit": self.rows_at_fit, "seen_at_fit": self.seen_at_fit,
             "heldout_error": self.heldout_error, "drift_error": self.drift_error, "history": list(self.history),
@@ -374,7 +390,8 @@ class Twin:
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
-        self._theta, self._x, self._y, self._held = state["theta"], state["x"], state["y"], state["held"]
+        self._theta, self._x, self._y, self._held = (state[k].clone() for k in ("theta", "x", "y", "held"))
+        self._n, self._next = int(state["n"]), int(state["next"])
         self.generator.set_state(state["generator"])
         for key in ("rows_seen", "sampled_queries", "fits", "rows_at_fit", "seen_at_fit"):
             setattr(self, key, int(state[key]))
