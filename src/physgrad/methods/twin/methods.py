@@ -104,11 +104,13 @@ class TwinMethod(GradientMethod):
             return self.fixed_twin
         key = device_key(system)
         if key not in self.twins:
-            opts = {"seed": int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))} | self.twin_options
-            self.twins[key] = Twin(system, **opts)
             pending = getattr(self, "_pending", {})
-            if key in pending:  # resumed: restore the twin this device had
+            if key in pending:  # resumed: restore the twin this device had (no fresh seed drawn)
+                self.twins[key] = Twin(system, **({"seed": 0} | self.twin_options))
                 self.twins[key].load_state_dict(pending.pop(key))
+            else:
+                opts = {"seed": int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))} | self.twin_options
+                self.twins[key] = Twin(system, **opts)
         return self.twins[key]
 
     def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -170,7 +172,7 @@ class PAT(TwinMethod):
     def vjp(self, system, params, inputs, outputs, cotangent, need_input_grad: bool = True):
         twin = self._update_twin(system, params, inputs, outputs)
         if twin.fits == 0:
-            raise MeasurementError("PAT: the twin has not been fitted (a frozen twin must be fitted before use)")
+            raise ConfigError("PAT: the twin has not been fitted (fit a frozen twin before use, or let the method learn it)")
         gx, grads = twin.vjp(params, inputs, cotangent)
         dtype = inputs.dtype
         return (gx.to(dtype) if need_input_grad else None), {n: g.to(params[n].dtype) for n, g in grads.items()}

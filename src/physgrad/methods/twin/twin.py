@@ -379,13 +379,15 @@ class Twin:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
+        """A snapshot (copies, not views) of the net, the buffer, the split and the refit bookkeeping."""
         return {
-            "net": self.net.state_dict(), "theta": self._theta, "x": self._x, "y": self._y, "held": self._held,
+            "net": copy.deepcopy(self.net.state_dict()), "theta": self._theta.clone(), "x": self._x.clone(),
+            "y": self._y.clone(), "held": self._held.clone(),
             "n": self._n, "next": self._next,
             "generator": self.generator.get_state(), "rows_seen": self.rows_seen, "sampled_queries": self.sampled_queries,
             "fits": self.fits, "rows_at_fit": self.rows_at_fit, "seen_at_fit": self.seen_at_fit,
             "heldout_error": self.heldout_error, "drift_error": self.drift_error, "history": list(self.history),
-            "norm": (self._x_mean, self._x_std, self._y_mean, self._y_std),
+            "norm": tuple(t.clone() for t in (self._x_mean, self._x_std, self._y_mean, self._y_std)),
         }
 
     def load_state_dict(self, state: dict) -> None:
