@@ -160,3 +160,19 @@ def test_state_round_trip_resumes_the_memory():
     b.load_state_dict(a.state_dict())
     b._layout = dict(a._layout)
     assert torch.equal(estimate(a, model, x, y), estimate(b, model, x, y))
+
+
+def test_reuse_scale_is_right_when_half_the_pairs_are_reused():
+    """A wrong normaliser (e.g. counting reused pairs as random ones) shows up as a scale error."""
+    model, x, y = small_net()
+    g = exact_grad(model, x, y)
+    method = PGT(8, 1e-4, reuse=4, seed=6)
+    first = estimate(method, model, x, y)  # no memory yet: 8 random pairs
+    assert method._random_rows == 8
+    n = 300
+    mean = sum(estimate(method, model, x, y) for _ in range(n)) / n
+    assert method._random_rows == 4
+    assert rel(mean, g) < 0.1
+    scale = float(mean @ g / (g @ g))
+    assert scale == pytest.approx(1.0, abs=0.08)
+    assert torch.isfinite(first).all()

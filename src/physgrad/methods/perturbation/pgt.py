@@ -33,7 +33,8 @@ Variance reductions (settings; the defaults are the paper's form; theory in docs
 * ``low_rank=r`` — every 2-D weight tensor is perturbed by ``(1/√r) Σ_j a_j b_jᵀ`` (Gaussian
   ``a_j, b_j``): covariance ``I``, ``(m + n)·r`` random numbers instead of ``m·n``.
 * ``reuse=m`` — reuse of past directions (momentum on the estimate): ``m`` of the ``K`` pairs
-  measure along an orthonormal basis ``U`` of the running average of past estimates; the other
+  measure along an orthonormal basis ``U`` of the running average of past estimates and the
+  ``m − 1`` most recent estimates; the other
   ``K − m`` random directions are projected onto the complement of ``U``, so
   ``ĝ = UUᵀg + (I − UUᵀ)ĝ_random`` and the error is that of the part of ``g`` the past did not
   predict.
@@ -148,6 +149,7 @@ class PGT(PerturbationMethod):
         self.scale_decay = float(scale_decay)
         self._layout: dict[str, tuple[int, ...]] = {}
         self._memory: dict[tuple, torch.Tensor] = {}      # running average of past estimates, per layout
+        self._recent: dict[tuple, list] = {}              # the reuse − 1 most recent estimates, per layout
         self._scale_stats: dict[str, list] = {}           # per tensor: [previous estimate, G_t running average]
         self._step_scale: torch.Tensor | None = None      # the per-coordinate scale of the step in progress
 
@@ -197,6 +199,8 @@ class PGT(PerturbationMethod):
         scale = self._coordinate_scale(layout, dim)
         self._step_scale = scale
         basis = self._reuse_basis(layout, dim)
+        m_used = 0 if basis is None else basis.shape[0]
+        self._random_rows = self.num_pairs - m_used  # the normaliser's count (read after the first chunk)
         left, first = self.num_pairs, True
         while left:
             k = min(left, self.max_probes)
@@ -206,7 +210,7 @@ class PGT(PerturbationMethod):
             if basis is not None:
                 rows = rows - (rows @ basis.T) @ basis  # random rows in the complement of the reused subspace
             if m:
-                a = math.sqrt((self.num_pairs - self.reuse) * self.second_moment)
+                a = math.sqrt(self._random_rows * self.second_moment)
                 rows = torch.cat([a * basis, rows])
             if scale is not None:
                 rows = rows * scale
@@ -219,7 +223,8 @@ class PGT(PerturbationMethod):
             yield rows, inputs
 
     def normaliser(self, dim: int, input_shape: tuple[int, ...] | None) -> float:
-        return 1.0 / ((self.num_pairs - self.reuse) * self.second_moment)
+        # with reuse, the rows along past directions are scaled so that this one constant serves them too
+        return 1.0 / (getattr(self, "_random_rows", self.num_pairs) * self.second_moment)
 
     # ------------------------------------------------------------------ variance-reduction settings
     def _draw(self, k: int, dim: int, layout: Mapping[str, tuple[int, ...]]) -> torch.Tensor:
@@ -260,8 +265,11 @@ class PGT(PerturbationMethod):
             g = {n: self._scale_stats[n][1] for n in layout if n in self._scale_stats and self._scale_stats[n][1] is not None}
             if len(g) < len(layout):
                 return None
-            top = max(max(g.values()), 1e-30)
-            per = {n: max(v, 1e-4 * top) ** -0.25 for n, v in g.items()}
+            # floor at 5 % of the coordinate-weighted mean: a tensor whose estimate is pure noise (a few
+            # elements) gets a bounded scale instead of an extreme one
+            total = sum(math.prod(layout[n]) for n in g)
+            mean = max(sum(v * math.prod(layout[n]) for n, v in g.items()) / total, 1e-30)
+            per = {n: max(v, 0.05 * mean) ** -0.25 for n, v in g.items()}
         else:
             per = {n: float(self.tensor_scale.get(n, 1.0)) for n in layout}
         scale = torch.cat([torch.full((math.prod(shape),), per[n]) for n, shape in layout.items()])
@@ -271,12 +279,14 @@ class PGT(PerturbationMethod):
         """Orthonormal rows ``U`` [m, dim] spanning the running average of past estimates (None if none yet)."""
         if not self.reuse:
             return None
-        memory = self._memory.get(self._key(layout, dim))
+        key = self._key(layout, dim)
+        memory = self._memory.get(key)
         if memory is None or not torch.isfinite(memory).all() or memory.norm() == 0:
             return None
-        vectors = memory.reshape(-1, dim)[: self.reuse]
-        q, _ = torch.linalg.qr(vectors.T.double())
-        return q.T.float()[: vectors.shape[0]]
+        vectors = torch.stack([memory] + list(self._recent.get(key, []))[: self.reuse - 1])
+        q, r = torch.linalg.qr(vectors.T.double())
+        keep = torch.diagonal(r).abs() > 1e-9 * float(torch.diagonal(r).abs().max())  # drop dependent vectors
+        return q.T.float()[keep]
 
     @staticmethod
     def _key(layout: Mapping[str, tuple[int, ...]], dim: int) -> tuple:
@@ -305,6 +315,8 @@ class PGT(PerturbationMethod):
             key = self._key(dict(shapes), flat.numel())
             old = self._memory.get(key)
             self._memory[key] = flat if old is None else self.reuse_decay * old + (1 - self.reuse_decay) * flat
+            if self.reuse > 1:
+                self._recent[key] = ([flat.clone()] + list(self._recent.get(key, [])))[: self.reuse - 1]
         if self.tensor_scale == "auto":
             for name, g in est.grads.items():
                 g = g.reshape(-1).float()
@@ -332,12 +344,14 @@ class PGT(PerturbationMethod):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["memory"] = {k: v.clone() for k, v in self._memory.items()}
+        state["recent"] = {k: [t.clone() for t in v] for k, v in self._recent.items()}
         state["scale_stats"] = {k: [None if v[0] is None else v[0].clone(), v[1]] for k, v in self._scale_stats.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._memory = {k: v.clone() for k, v in state.get("memory", {}).items()}
+        self._recent = {k: [t.clone() for t in v] for k, v in state.get("recent", {}).items()}
         self._scale_stats = {k: list(v) for k, v in state.get("scale_stats", {}).items()}
 
     def __repr__(self) -> str:
