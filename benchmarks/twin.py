@@ -16,7 +16,9 @@ Two questions, one run:
    ``twin_cv`` (TwinGuidedPGT: twin as control variate, K = 2, correction measured on a random
    quarter of the steps) and, with ``--methods``, ``twin_guided`` (TwinGuidedPGT: guided-ES
    directions, α = 0.5, no control variate, K = 2, every step). ``--quick`` uses a smaller twin
-   (one hidden layer of 128) on 500 training images for 3 epochs.
+   (one hidden layer of 128) on 500 training images for 5 epochs. If no twin method reaches the
+   target, ``ratio_twin_to_backprop`` is the lower bound "all queries spent ÷ backprop's" and
+   ``ratio_twin_to_backprop_reached`` is false.
 
 2. **Wrong twin** (device level, where the estimators differ): at a fixed measured point (the
    hybrid net's reservoir at its seed-0 initialisation, inputs = the encoder's outputs on 64 digits,
@@ -89,7 +91,7 @@ SETTINGS: dict[str, Setting] = {
                            "guided ES α 0.5, K 2, Adam 3e-3"),
 }
 EPOCHS, BATCH = 20, 32
-QUICK = dict(epochs=3, train=500, test=300)
+QUICK = dict(epochs=5, train=500, test=300)
 
 
 def _extra(parser) -> None:
@@ -175,12 +177,17 @@ def training(args, figures: dict) -> dict[str, dict]:
                      float(c["queries"][-1]), c["twin_queries"] if name in TWIN_METHODS else "—",
                      q if math.isfinite(q) else "not reached", f"{ratio:.2f}" if math.isfinite(ratio) else "—",
                      f"{c['twin_error']:.3f}" if name in TWIN_METHODS else "—", c["wall"]))
-    twin_ratios = [figures[f"{n}_ratio_to_backprop"] for n in curves if n in TWIN_METHODS]
-    twin_ratios = [r for r in twin_ratios if r is not None]
-    best = min(twin_ratios) if twin_ratios else None
-    figures["ratio_twin_to_backprop"] = best
-    figures["best_twin_method"] = (min((n for n in curves if n in TWIN_METHODS and figures[f"{n}_ratio_to_backprop"] is not None),
-                                       key=lambda n: figures[f"{n}_ratio_to_backprop"]) if best is not None else None)
+    reached = {n: figures[f"{n}_ratio_to_backprop"] for n in curves
+               if n in TWIN_METHODS and figures[f"{n}_ratio_to_backprop"] is not None}
+    figures["ratio_twin_to_backprop_reached"] = bool(reached)
+    if reached:
+        best_name = min(reached, key=reached.get)
+        figures["ratio_twin_to_backprop"] = reached[best_name]
+    else:  # no twin method reached the target: a lower bound, all queries it spent ÷ backprop's (flagged)
+        spent = {n: float(curves[n]["queries"][-1]) / q_bp for n in curves if n in TWIN_METHODS}
+        best_name = min(spent, key=spent.get) if spent else None
+        figures["ratio_twin_to_backprop"] = spent[best_name] if spent else None
+    figures["best_twin_method"] = best_name
     print(f"\ntarget: backprop's final {100 * (target + 0.01):.2f} % − 1 pt = {100 * target:.2f} %; backprop reaches it "
           f"after {q_bp:g} queries\n")
     print(markdown_table(rows, ["method", "setting", "final test acc % (mean ± std)", "queries (total)",

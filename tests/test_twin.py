@@ -243,3 +243,40 @@ def test_state_dict_round_trip_resumes_exactly():
     b.load_state_dict(state)
     ea, eb = estimate(a, model, x, y), estimate(b, model, x, y)
     assert torch.allclose(ea, eb, atol=1e-6)
+
+
+def test_quick_benchmark_writes_its_contract(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "twin.json"
+    cmd = [sys.executable, "-m", "benchmarks.twin", "--quick", "--threads", "1", "--out", str(out), "--plot", str(tmp_path / "p.png")]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "|" in done.stdout
+    figures = json.loads(out.read_text())
+    assert isinstance(figures["ratio_twin_to_backprop"], float) and figures["ratio_twin_to_backprop"] > 0
+    for key in ("guided_wrong_twin_cosine", "pat_wrong_twin_cosine"):
+        assert -1.0 <= figures[key] <= 1.0, key
+    assert figures["pat_queries_total"] > figures["pat_twin_queries"] > 0  # twin data is in the cost
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_pgt_variance_benchmark_runs(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "v.json"
+    cmd = [sys.executable, "-m", "benchmarks.pgt_variance", "--quick", "--threads", "1", "--repeats", "1", "--warmup", "1",
+           "--pairs", "16", "--out", str(out), "--plot", str(tmp_path / "v.png")]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    for setting in ("paper", "orthogonal", "tensor_scale_auto", "low_rank_1", "reuse_1", "all"):
+        assert -1.0 <= figures[f"dense_{setting}_cosine"] <= 1.0
