@@ -1,0 +1,125 @@
+"""PGT-global's variance reductions against the paper's form, at equal queries (issue 16, part 2).
+
+Two networks, the paper's forward-only, perturb-everything setting (``scope="global"``):
+
+* the dense hybrid net (digits, ``Linear(64 → 32) → RandomReservoir(32, 256) → Linear(256 → 10)``,
+  ``D = 4907``);
+* the transformer with a ring feed-forward layer (digits read as 8 rows of 8 pixels, the model of
+  benchmarks.reservoir_transformer).
+
+At the seed-0 initialisation, ``W + R`` gradient estimates are made in sequence, each on a *fresh*
+minibatch of 64 (as in training: the stateful settings — reuse of past directions, automatic
+per-tensor scales — learn from the previous estimates, which were made on other batches). The last
+``R`` are compared with the exact gradient of their own minibatch (backprop through the simulator,
+the oracle): mean cosine and root-mean-square relative error. Every setting spends the same
+``2K + 1`` queries per estimate.
+
+    python -m benchmarks.pgt_variance [--quick] [--out FILE.json] [--pairs K]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from physgrad.data import load_dataset
+from physgrad.methods import PGT
+
+from ._common import markdown_table, parse_args, plot_path, save_figure, write_json
+from ._hybrid import flat_gradient, hybrid_net, num_parameters
+
+SETTINGS = {
+    "paper": {},
+    "orthogonal": {"orthogonal": True},
+    "tensor_scale_auto": {"tensor_scale": "auto"},
+    "low_rank_1": {"low_rank": 1},
+    "reuse_1": {"reuse": 1},
+    "reuse_4": {"reuse": 4},
+    "all": {"orthogonal": True, "tensor_scale": "auto", "reuse": 4},
+}
+
+
+def _extra(parser) -> None:
+    parser.add_argument("--pairs", type=int, default=128, help="K per estimate (default 128)")
+    parser.add_argument("--repeats", type=int, default=None, help="estimates scored per setting (default 30, quick 4)")
+    parser.add_argument("--warmup", type=int, default=None, help="estimates before scoring (default 30, quick 4)")
+    parser.add_argument("--models", default=None, help="dense,transformer (default both, quick dense)")
+
+
+def _model(name: str):
+    if name == "dense":
+        data = load_dataset("digits")
+        return hybrid_net(data.num_features, data.num_classes, seed=0), data.x_train, data.y_train
+    from physgrad.data.sequences import row_sequences
+
+    from .reservoir_transformer import ring_ffn
+
+    data = row_sequences("digits")
+    t, d = data.image_shape
+    return ring_ffn(d, t, data.num_classes, nodes=64, ring_inputs=16)(0), data.x_train, data.y_train
+
+
+def measure(model, xs, ys, method: PGT, warmup: int, repeats: int, seed: int = 0) -> tuple[float, float]:
+    from physgrad.methods import Backprop
+
+    g = torch.Generator().manual_seed(seed)
+    cos, err = [], []
+    for i in range(warmup + repeats):
+        idx = torch.randperm(len(ys), generator=g)[:64]
+        x, y = xs[idx], ys[idx]
+        est = flat_gradient(model, method, x, y)
+        if i >= warmup:
+            exact = flat_gradient(model, Backprop(), x, y)
+            cos.append(float(F.cosine_similarity(est.double(), exact.double(), dim=0)))
+            err.append(float((est.double() - exact.double()).norm() / exact.double().norm()))
+    return float(np.mean(cos)), float(math.sqrt(np.mean(np.square(err))))
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(__doc__.splitlines()[0], _extra, argv)
+    repeats = args.repeats or (4 if args.quick else 30)
+    warmup = args.warmup if args.warmup is not None else (4 if args.quick else 30)
+    models = (args.models or ("dense" if args.quick else "dense,transformer")).split(",")
+    k = args.pairs
+    figures: dict = {"pairs": k, "repeats": repeats, "warmup": warmup, "quick": bool(args.quick)}
+    rows, bars = [], {}
+    for name in models:
+        model, xs, ys = _model(name)
+        d = num_parameters(model)
+        figures[f"{name}_parameters"] = d
+        base = None
+        for setting, options in SETTINGS.items():
+            method = PGT(k, 1e-2, seed=1, **options)
+            c, e = measure(model, xs, ys, method, warmup, repeats)
+            base = e if setting == "paper" else base
+            figures[f"{name}_{setting}_cosine"] = c
+            figures[f"{name}_{setting}_rms_relative_error"] = e
+            figures[f"{name}_{setting}_error_vs_paper"] = e / base
+            bars.setdefault(name, []).append((setting, c))
+            rows.append((name, setting, d, 2 * k + 1, c, e, e / base))
+            print(f"  {name} {setting}: cosine {c:.4f}, rms rel. error {e:.3f}", flush=True)
+        figures[f"{name}_theory_paper_rms_relative_error"] = math.sqrt((d - 0.5) / k)
+        figures[f"{name}_theory_orthogonal_rms_relative_error"] = math.sqrt(max(d / k - 1, 0.0))
+    print()
+    print(markdown_table(rows, ["model", "setting", "D", "queries per estimate", "cosine (mean)",
+                                "rms relative error", "error ÷ paper's"]))
+    fig, axes = plt.subplots(1, len(bars), figsize=(5.5 * len(bars), 4), squeeze=False)
+    for ax, (name, vals) in zip(axes[0], bars.items()):
+        ax.bar(range(len(vals)), [v for _, v in vals], color=["C0"] + ["C2"] * (len(vals) - 1))
+        ax.set_xticks(range(len(vals)))
+        ax.set_xticklabels([s for s, _ in vals], rotation=30, fontsize=8)
+        ax.set_ylabel(f"cosine to the exact minibatch gradient (K = {k})")
+        ax.set_title(f"{name} (D = {figures[f'{name}_parameters']})")
+        ax.grid(alpha=0.3, axis="y")
+    print(f"\nplot: {save_figure(fig, plot_path(args, 'pgt_variance'))}")
+    write_json(args.out, figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
