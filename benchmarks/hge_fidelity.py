@@ -51,7 +51,7 @@ def hge_gradients(method: HGE, device, controls: torch.Tensor, inputs: torch.Ten
     out = []
     for c, x in zip(controls, inputs):
         probes = method.ask({"controls": c}, x, system=device)
-        answers = device.measure_waveform(probes.params, probes.inputs)
+        answers = method.carrier(device, probes)
         out.append(method.tell(probes, answers, torch.ones(1, 1)).grads["controls"])
     spent = device.device_seconds - method.calibration_cost.device_seconds - before  # calibration is once per plan
     return torch.stack(out), spent / len(controls)

@@ -11,7 +11,8 @@ from torch import nn
 from physgrad.cost import Cost
 from physgrad.errors import ConfigError, MeasurementError, RangeError
 from physgrad.methods import HGE, Backprop, plan_frequencies
-from physgrad.methods.hge.method import _lockin, check_frequencies, mixing_collisions
+from physgrad.methods.hge.lockin import lockin as _lockin
+from physgrad.methods.hge.plan import check_frequencies, mixing_collisions
 from physgrad.models import PhysicalLayer
 from physgrad.systems import DNPU, RandomReservoir, TimeDomainDevice, TimeDomainNoise, time_domain_dnpu
 
@@ -36,7 +37,11 @@ def exact(dnpu, c, x):
 
 def estimate(method, dev, c, x):
     probes = method.ask({"controls": c}, x, system=dev)
-    return method.tell(probes, dev.measure_waveform(probes.params, probes.inputs), torch.ones(1, 1))
+    return method.tell(probes, probes.answer(dev), torch.ones(1, 1))
+
+
+def same_cost(a, b):
+    return a.queries == b.queries and a.samples == b.samples and a.device_seconds == pytest.approx(b.device_seconds, abs=1e-12)
 
 
 def cosine(a, b):
@@ -158,13 +163,15 @@ def test_sign_from_phase_and_sequential_mode_agree_with_parallel():
             assert cosine(estimate(method, dev, ci, xi).grads["controls"], truth) > 0.97
 
 
-def test_sequential_costs_one_window_per_parameter():
-    dev = device()
+def test_sequential_costs_one_window_per_parameter_in_one_query():
+    dev = device()  # fs 2 kHz, 1 ms DAC ramp = 2 samples
     c, x = settings_of(dev.static, 1)
-    par = estimate(HGE(0.1, phase="none"), dev, c[0], x[0]).cost
-    seq = estimate(HGE(0.1, phase="none", mode="sequential"), dev, c[0], x[0]).cost
-    assert par.queries == 1 and seq.queries == 5
-    assert seq.device_seconds == pytest.approx(5 * par.device_seconds)
+    for mode, windows in (("parallel", 1), ("sequential", 5)):
+        before = dev.cost
+        cost = estimate(HGE(0.1, phase="none", mode=mode, settle_s=0.004), dev, c[0], x[0]).cost
+        assert cost == dev.cost - before  # exactly what the device counted
+        assert cost.queries == 1 and cost.samples == 1
+        assert cost.device_seconds == pytest.approx((windows * (200 + 8) + 2) / 2000.0, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------ safety
@@ -174,7 +181,7 @@ def test_modulation_never_leaves_the_safe_range_at_a_bound():
     low, high = dev.parameter_bounds()["controls"]
     theta = torch.stack([low[0], high[1], low[2] + 0.001, (low[3] + high[3]) / 2, high[4] - 0.001])
     hge = HGE(0.1)
-    probes = hge.ask({"controls": theta}, torch.zeros(1, 2) - 0.3, system=dev)
+    probes = hge.ask({"controls": theta}, torch.zeros(1, 2) - 0.3, system=dev).gradient  # behind the calibration
     wave = probes.params["controls"]
     assert bool((wave >= low).all() and (wave <= high).all())
     assert bool((probes.amplitudes >= 0.5 * 0.02 * (high - low) - 1e-6).all())  # shrunk at most to half
@@ -196,8 +203,8 @@ def test_non_finite_answers_and_non_time_domain_devices_are_refused():
     dev = device()
     hge = HGE(0.1, phase="none")
     probes = hge.ask({"controls": dev.initial_parameters()["controls"]}, torch.zeros(1, 2) - 0.3, system=dev)
-    bad = torch.full((probes.count, 1, 1), float("nan"))
-    with pytest.raises(RangeError, match="non-finite"):
+    bad = torch.full((probes.window_samples, 1, 1), float("nan"))
+    with pytest.raises(MeasurementError, match="non-finite"):
         hge.tell(probes, bad, torch.ones(1, 1))
     with pytest.raises(ConfigError, match="time-domain device"):
         hge.ask({"controls": torch.zeros(5)}, torch.zeros(1, 2), system=DNPU.synthetic(0))
@@ -219,10 +226,15 @@ def test_backward_fills_grad_and_reports_cost_like_other_methods():
     bp = PhysicalLayer(dev)
     Backprop().backward(bp, lambda out, y: ((out - y) ** 2).mean(), x, torch.zeros(2, 1))
     assert cosine(g, bp.params["controls"].grad) > 0.98
-    assert isinstance(hge.last_cost, Cost) and hge.last_cost.device_seconds > 0.2  # calibration + 2 windows
+    # calibration (3 segments of 2 s + 50 ms settling, one query) + 2 windows of 0.1 s + 10 ms default settling
+    # and a 2-sample DAC ramp before each window
+    assert isinstance(hge.last_cost, Cost) and same_cost(hge.last_cost, Cost(2, 3, (3 * 4100 + 2 + 2 * (220 + 2)) / 2000.0))
+    settle = hge.calibrations[dev.identity].settle_s  # measured: delay + 7 tau of the slowest channel
     second = hge.backward(layer, lambda out, y: ((out - y) ** 2).mean(), x, torch.zeros(2, 1))
-    assert hge.last_cost.queries == 1 and hge.last_cost.samples == 2
-    assert hge.last_cost.device_seconds == pytest.approx(2 * (0.1 + dev.settle_s + dev.dac_ramp_s), rel=0.05)
+    n = 200 + math.ceil(settle * 2000 - 1e-9)
+    assert same_cost(hge.last_cost, Cost(1, 2, 2 * (n + 2) / 2000.0))
+    true_settle = dev.delay_s + 7 / (2 * math.pi * dev.bandwidth_hz)  # within 0.1 % of final
+    assert true_settle <= settle <= 1.6 * true_settle
     assert torch.isfinite(second)
 
 
@@ -282,7 +294,7 @@ def test_works_on_any_time_domain_device():
     hge = HGE(0.1, amplitude_abs=0.01)
     theta = res.initial_parameters()
     probes = hge.ask(theta, torch.ones(1, 2) * 0.3, system=res)
-    answers = res.measure_waveform(probes.params, probes.inputs)
+    answers = probes.answer(res)
     cot = torch.tensor([[1.0, -1.0, 0.5]])
     est = hge.tell(probes, answers, cot)
     p = {n: v.clone().requires_grad_(True) for n, v in theta.items()}

@@ -116,6 +116,11 @@ class TimeDomainDevice(PhysicalSystem):
         Averaging time of a static measurement.
     seed:
         Seed of the noise generator.
+    electrode_bandwidth_hz:
+        Electrode-dependent dynamics: ``{name: cut-off}`` for a parameter (a number or one per
+        element) or ``"inputs"`` (one per input element); each such waveform passes its own
+        first-order low-pass before the device responds, so channels see different transfers
+        ``H_j(f) ≈ H_electrode,j(f) · H_chain(f)`` (the paper's devices; issue 11, §5).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class TimeDomainDevice(PhysicalSystem):
         settle_s: float | None = None,
         sample_s: float = 0.01,
         seed: int = 0,
+        electrode_bandwidth_hz: Mapping[str, object] | None = None,
     ) -> None:
         if isinstance(static, TimeDomainDevice):
             raise ConfigError("static is already a TimeDomainDevice; wrap the static device itself")
@@ -171,11 +177,43 @@ class TimeDomainDevice(PhysicalSystem):
             seed=seed,
         )
         self.differentiable = static.differentiable
+        self.electrode_bandwidth_hz = self._electrode_bandwidths(electrode_bandwidth_hz or {})
         self.clipped_samples = 0
+        self._records: list[list[torch.Tensor]] = []
         self._last: dict[str, torch.Tensor] | None = None
         self._waveform_mode = False
 
     # ----------------------------------------------------------------------------- declared
+    @property
+    def identity(self) -> str:
+        """The wrapped device's identity (one device, whatever drives it)."""
+        inner = getattr(self.static, "identity", type(self.static).__name__)
+        name = getattr(self.static, "name", None)
+        return f"TimeDomainDevice[{inner}{'' if name is None else ':' + str(name)}]"
+
+    def _electrode_bandwidths(self, spec: Mapping[str, object]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, value in spec.items():
+            shape = self.input_shape if name == "inputs" else (
+                self.parameter_specs[name].shape if name in self.parameter_specs else None)
+            if shape is None:
+                raise ConfigError(f"electrode_bandwidth_hz: unknown parameter {name!r}")
+            bw = torch.as_tensor(value, dtype=torch.float64).expand(tuple(shape)).clone()
+            if not bool((bw > 0).all() and (bw < self.fs / 2).all()):
+                raise ConfigError(f"electrode_bandwidth_hz[{name!r}] must lie in (0, fs/2), got {bw.tolist()}")
+            out[name] = bw
+        return out
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[torch.Tensor]]:
+        """Inside, every waveform's recorded samples ``[N, B, *out]`` (what the ADC read) are kept in a list."""
+        record: list[torch.Tensor] = []
+        self._records.append(record)
+        try:
+            yield record
+        finally:
+            self._records.remove(record)
+
     @property
     def delay_samples(self) -> int:
         return int(round(self.delay_s * self.fs))
@@ -283,12 +321,13 @@ class TimeDomainDevice(PhysicalSystem):
         params, inputs, k, b = self._checked(params, inputs)
         if k != n:
             raise ShapeError(f"control waveforms have different lengths ({k} vs {n})")
-        r = self.ramp_samples if self._last is not None else 0
+        r = self.ramp_samples
+        last = self._last if self._last is not None else self.initial_parameters()  # at power-up the DAC holds the defaults
         if r:
             frac = torch.arange(1, r + 1, dtype=torch.float64) / r
             ramped = {}
             for name, wave in params.items():
-                start = self._last[name].to(torch.float64)
+                start = last[name].to(torch.float64)
                 end = wave[0].to(torch.float64)
                 ramp = start + (end - start) * frac.reshape(-1, *([1] * start.dim()))
                 low, high = self.parameter_specs[name].bounds(wave.dtype)
@@ -297,7 +336,12 @@ class TimeDomainDevice(PhysicalSystem):
             params = ramped
             inputs = torch.cat([inputs[:1].expand(r, *inputs.shape[1:]), inputs])
         with torch.no_grad():
-            clean = self.static.response(params, inputs)
+            driven, driven_inputs = params, inputs
+            if self.electrode_bandwidth_hz:
+                driven = {k: self._electrode(k, v) for k, v in params.items()}
+                if "inputs" in self.electrode_bandwidth_hz:
+                    driven_inputs = self._electrode("inputs", inputs, batch_dims=1)
+            clean = self.static.response(driven, driven_inputs)
             self._expect_shape(clean, (n + r, b, *self.output_shape))
             signal = self._chain(clean.to(torch.float64))[r:]
             out = signal.to(clean.dtype)
@@ -306,7 +350,23 @@ class TimeDomainDevice(PhysicalSystem):
         self.samples += b
         self.device_seconds += b * (n + r) / self.fs
         self._expect_finite(out)
+        for record in self._records:
+            record.append(out.detach())
         return out.detach()
+
+    def _electrode(self, name: str, wave: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
+        """``wave [T, (B,) *shape]`` through each element's first-order low-pass (at rest at its first sample)."""
+        bw = self.electrode_bandwidth_hz.get(name)
+        if bw is None:
+            return wave
+        alpha = (1.0 - torch.exp(-2 * math.pi * bw / self.fs)).expand(wave.shape[1:]).reshape(-1).tolist()
+        x = wave.to(torch.float64).reshape(wave.shape[0], -1).numpy()
+        y = np.empty_like(x)
+        for m, a in enumerate(alpha):
+            b_coef, a_coef = np.array([a]), np.array([1.0, a - 1.0])
+            y[:, m], _ = lfilter(b_coef, a_coef, x[:, m], zi=lfilter_zi(b_coef, a_coef) * x[0, m])
+        y = torch.from_numpy(y).reshape(wave.shape)
+        return y.to(wave.dtype)
 
     # ----------------------------------------------------------------------------- the chain
     def _chain(self, u: torch.Tensor) -> torch.Tensor:
