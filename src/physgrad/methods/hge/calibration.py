@@ -65,6 +65,7 @@ class Calibration:
     reliable: tuple[bool, ...]
     n_controls: int
     cost: Cost = Cost()
+    fs: float | None = None
 
     @property
     def channels(self) -> int:
@@ -74,7 +75,7 @@ class Calibration:
         """``H_channel(f)``: the measured value at its own frequency, the fitted model elsewhere."""
         if abs(f - self.freqs[channel]) < 1e-9 * max(1.0, f):
             return self.transfer[channel]
-        return model_transfer(f, self.bandwidth_hz[channel], self.delay_s[channel], self.gain[channel])
+        return model_transfer(f, self.bandwidth_hz[channel], self.delay_s[channel], self.gain[channel], self.fs)
 
     def inputs_at(self, f: float) -> complex:
         """Transfer seen by a modulation that reaches the device through its inputs (mean over input electrodes)."""
@@ -97,7 +98,7 @@ class Calibration:
             "freqs": list(self.freqs), "transfer_re": [z.real for z in self.transfer],
             "transfer_im": [z.imag for z in self.transfer], "snr": list(self.snr),
             "bandwidth_hz": list(self.bandwidth_hz), "delay_s": list(self.delay_s), "gain": list(self.gain),
-            "reliable": list(self.reliable), "n_controls": self.n_controls, "cost": self.cost.as_dict(),
+            "reliable": list(self.reliable), "n_controls": self.n_controls, "cost": self.cost.as_dict(), "fs": self.fs,
         }
 
     @classmethod
@@ -108,12 +109,20 @@ class Calibration:
             tuple(float(s) for s in state["snr"]), tuple(float(b) for b in state["bandwidth_hz"]),
             tuple(float(d) for d in state["delay_s"]), tuple(float(g) for g in state["gain"]),
             tuple(bool(r) for r in state["reliable"]), int(state["n_controls"]), Cost(**state["cost"]),
+            None if state.get("fs") is None else float(state["fs"]),
         )
 
 
-def model_transfer(f: float, bandwidth_hz: float, delay_s: float, gain: float = 1.0) -> complex:
-    """``g e^{−i2πfd} / (1 + i f/f_c)``."""
-    pole = 1.0 if math.isinf(bandwidth_hz) else 1.0 + 1j * f / bandwidth_hz
+def model_transfer(f: float, bandwidth_hz: float, delay_s: float, gain: float = 1.0, fs: float | None = None) -> complex:
+    """``g e^{−i2πfd} / (1 + i f/f_c)``; with ``fs`` the pole as the sampled chain sees it,
+    ``α / (1 − (1−α) e^{−i2πf/fs})``, ``α = 1 − e^{−2π f_c/fs}`` (a one-pole IIR: an RC read by an ADC)."""
+    if math.isinf(bandwidth_hz):
+        pole = 1.0
+    elif fs is None:
+        pole = 1.0 + 1j * f / bandwidth_hz
+    else:
+        alpha = 1.0 - math.exp(-2 * math.pi * bandwidth_hz / fs)
+        pole = (1.0 - (1.0 - alpha) * complex(math.cos(-2 * math.pi * f / fs), math.sin(-2 * math.pi * f / fs))) / alpha
     return complex(gain * complex(math.cos(-2 * math.pi * f * delay_s), math.sin(-2 * math.pi * f * delay_s)) / pole)
 
 
@@ -131,7 +140,8 @@ def first_order_fit(f: float, h: complex) -> tuple[float, float, float]:
     return fc, max(0.0, lag / (2 * math.pi * f)), gain
 
 
-def common_fit(freqs: Sequence[float], h: Sequence[complex], weights: Sequence[float]) -> tuple[float, float]:
+def common_fit(freqs: Sequence[float], h: Sequence[complex], weights: Sequence[float],
+               fs: float | None = None) -> tuple[float, float]:
     """``(f_c, d)`` of one first-order-plus-delay chain fitted to every channel's ``H_j(f_j)`` (weighted least squares)."""
     import numpy as np
     from scipy.optimize import least_squares
@@ -145,7 +155,7 @@ def common_fit(freqs: Sequence[float], h: Sequence[complex], weights: Sequence[f
 
     def resid(p):
         fc, d = math.exp(p[0]), p[1]
-        m = np.exp(-2j * np.pi * f * d) / (1 + 1j * f / fc)
+        m = np.array([model_transfer(fi, fc, d, 1.0, fs) for fi in f])
         r = w * (z - m)
         return np.concatenate([r.real, r.imag])
 
@@ -252,25 +262,30 @@ def read_calibration(probes: CalibrationProbes, signal: torch.Tensor, snr_floor:
             f"point (best {float(snr.max()):.3g}x); calibrate elsewhere (HGE.calibrate(system, params, inputs)), "
             "lengthen calibration_window_s, or use phase='none'"
         )
-    fits = [first_order_fit(f, complex(v)) for f, v in zip(probes.fast, h.tolist())]
+    fits = []
+    for f, v in zip(probes.fast, h.tolist()):
+        fc, d, g = first_order_fit(f, complex(v))
+        if g == 1.0:  # refine for the sampled pole through the same single point
+            fc, d = common_fit([f], [complex(v)], [1.0], fs)
+        fits.append((fc, d, g))
     if not per_channel:
         idx = [j for j, ok in enumerate(reliable) if ok]
         fc, d = common_fit([probes.fast[j] for j in idx], [complex(h[j]) for j in idx],
-                           [float(snr[j]) ** 2 for j in idx])
-        transfer = tuple(model_transfer(f, fc, d) for f in probes.fast)
+                           [float(snr[j]) ** 2 for j in idx], fs)
+        transfer = tuple(model_transfer(f, fc, d, 1.0, fs) for f in probes.fast)
         c = len(probes.fast)
         return Calibration(tuple(probes.fast), transfer, tuple(float(x) for x in snr), (fc,) * c, (d,) * c,
-                           (1.0,) * c, tuple(reliable), probes.n_controls, probes.cost)
+                           (1.0,) * c, tuple(reliable), probes.n_controls, probes.cost, fs)
     good = [fit for fit, ok in zip(fits, reliable) if ok]
     median = sorted(good, key=lambda m: m[1] + (0.0 if math.isinf(m[0]) else 1 / (2 * math.pi * m[0])))[len(good) // 2]
     transfer = []
     for j, ok in enumerate(reliable):
         if not ok:
             fits[j] = median
-            transfer.append(model_transfer(probes.fast[j], *median))
+            transfer.append(model_transfer(probes.fast[j], *median, fs))
         else:
             transfer.append(complex(h[j]))
     return Calibration(
         tuple(probes.fast), tuple(transfer), tuple(float(s) for s in snr), tuple(m[0] for m in fits),
-        tuple(m[1] for m in fits), tuple(m[2] for m in fits), tuple(reliable), probes.n_controls, probes.cost,
+        tuple(m[1] for m in fits), tuple(m[2] for m in fits), tuple(reliable), probes.n_controls, probes.cost, fs,
     )

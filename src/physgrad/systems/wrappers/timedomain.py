@@ -156,15 +156,15 @@ class TimeDomainDevice(PhysicalSystem):
             raise ConfigError(f"adc_step must be a finite number >= 0, got {adc_step!r}")
         self.static = static
         self.fs = float(fs)
-        self.bandwidth_hz = None if bandwidth_hz is None else float(bandwidth_hz)
-        self.delay_s = float(delay_s)
+        self._bandwidth_hz = None if bandwidth_hz is None else float(bandwidth_hz)
+        self._delay_s = float(delay_s)
         self.td_noise = noise or TimeDomainNoise()
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.adc_step = float(adc_step or 0.0)
         self.dac_ramp_s = float(dac_ramp_s)
-        tau = 0.0 if self.bandwidth_hz is None else 1.0 / (2 * math.pi * self.bandwidth_hz)
-        self.settle_s = float(self.delay_s + 7.0 * tau) if settle_s is None else float(settle_s)
-        if not (self.settle_s >= 0 and math.isfinite(self.settle_s)):
+        tau = 0.0 if self._bandwidth_hz is None else 1.0 / (2 * math.pi * self._bandwidth_hz)
+        self._settle_s = float(self._delay_s + 7.0 * tau) if settle_s is None else float(settle_s)
+        if not (self._settle_s >= 0 and math.isfinite(self._settle_s)):
             raise ConfigError(f"settle_s must be a finite number >= 0, got {settle_s!r}")
         self.sample_s = float(sample_s)
         super().__init__(
@@ -173,15 +173,38 @@ class TimeDomainDevice(PhysicalSystem):
             list(static.parameter_specs.values()),
             input_range=static.input_range,
             guard=static.guard,
-            seconds_per_query=self.dac_ramp_s + self.settle_s + self.sample_s,
+            seconds_per_query=self.dac_ramp_s + self._settle_s + self.sample_s,
             seed=seed,
         )
         self.differentiable = static.differentiable
-        self.electrode_bandwidth_hz = self._electrode_bandwidths(electrode_bandwidth_hz or {})
-        self.clipped_samples = 0
+        self._electrode_bandwidth_hz = self._electrode_bandwidths(electrode_bandwidth_hz or {})
+        self._clipped_samples = 0
         self._records: list[list[torch.Tensor]] = []
         self._last: dict[str, torch.Tensor] | None = None
         self._waveform_mode = False
+
+    # ----------------------------------------------------------------------------- simulator truth
+    # What the simulator knows and a lab does not (for tests, docs and benchmarks' oracles). No
+    # method reads these: HGE takes nominal values from its settings or measures them (issue 11, §2).
+    @property
+    def bandwidth_hz(self) -> float | None:
+        return self._bandwidth_hz
+
+    @property
+    def delay_s(self) -> float:
+        return self._delay_s
+
+    @property
+    def settle_s(self) -> float:
+        return self._settle_s
+
+    @property
+    def clipped_samples(self) -> int:
+        return self._clipped_samples
+
+    @property
+    def electrode_bandwidth_hz(self) -> dict[str, torch.Tensor]:
+        return self._electrode_bandwidth_hz
 
     # ----------------------------------------------------------------------------- declared
     @property
@@ -216,7 +239,7 @@ class TimeDomainDevice(PhysicalSystem):
 
     @property
     def delay_samples(self) -> int:
-        return int(round(self.delay_s * self.fs))
+        return int(round(self._delay_s * self.fs))
 
     @property
     def ramp_samples(self) -> int:
@@ -230,8 +253,8 @@ class TimeDomainDevice(PhysicalSystem):
         freqs = torch.as_tensor(freqs, dtype=torch.float64)
         z = torch.exp(-2j * math.pi * freqs / self.fs)
         h = torch.ones_like(z)
-        if self.bandwidth_hz is not None:
-            alpha = 1.0 - math.exp(-2 * math.pi * self.bandwidth_hz / self.fs)
+        if self._bandwidth_hz is not None:
+            alpha = 1.0 - math.exp(-2 * math.pi * self._bandwidth_hz / self.fs)
             h = alpha / (1.0 - (1.0 - alpha) * z)
         return h * z ** self.delay_samples
 
@@ -248,13 +271,13 @@ class TimeDomainDevice(PhysicalSystem):
     def state_dict(self) -> dict:
         """The base counters plus the clipped-sample count and the last setting (where a DAC ramp starts)."""
         state = super().state_dict()
-        state["clipped_samples"] = self.clipped_samples
+        state["clipped_samples"] = self._clipped_samples
         state["last"] = None if self._last is None else {n: v.clone() for n, v in self._last.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.clipped_samples = int(state.get("clipped_samples", 0))
+        self._clipped_samples = int(state.get("clipped_samples", 0))
         last = state.get("last")
         self._last = None if last is None else {n: torch.as_tensor(v).clone() for n, v in last.items()}
 
@@ -337,9 +360,9 @@ class TimeDomainDevice(PhysicalSystem):
             inputs = torch.cat([inputs[:1].expand(r, *inputs.shape[1:]), inputs])
         with torch.no_grad():
             driven, driven_inputs = params, inputs
-            if self.electrode_bandwidth_hz:
+            if self._electrode_bandwidth_hz:
                 driven = {k: self._electrode(k, v) for k, v in params.items()}
-                if "inputs" in self.electrode_bandwidth_hz:
+                if "inputs" in self._electrode_bandwidth_hz:
                     driven_inputs = self._electrode("inputs", inputs, batch_dims=1)
             clean = self.static.response(driven, driven_inputs)
             self._expect_shape(clean, (n + r, b, *self.output_shape))
@@ -356,7 +379,7 @@ class TimeDomainDevice(PhysicalSystem):
 
     def _electrode(self, name: str, wave: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
         """``wave [T, (B,) *shape]`` through each element's first-order low-pass (at rest at its first sample)."""
-        bw = self.electrode_bandwidth_hz.get(name)
+        bw = self._electrode_bandwidth_hz.get(name)
         if bw is None:
             return wave
         alpha = (1.0 - torch.exp(-2 * math.pi * bw / self.fs)).expand(wave.shape[1:]).reshape(-1).tolist()
@@ -374,8 +397,8 @@ class TimeDomainDevice(PhysicalSystem):
         d = self.delay_samples
         if d:
             u = torch.cat([u[:1].expand(min(d, u.shape[0]), *u.shape[1:]), u[: max(u.shape[0] - d, 0)]])
-        if self.bandwidth_hz is not None:
-            alpha = 1.0 - math.exp(-2 * math.pi * self.bandwidth_hz / self.fs)
+        if self._bandwidth_hz is not None:
+            alpha = 1.0 - math.exp(-2 * math.pi * self._bandwidth_hz / self.fs)
             b_coef, a_coef = np.array([alpha]), np.array([1.0, alpha - 1.0])
             x = u.numpy()
             zi = lfilter_zi(b_coef, a_coef).reshape(1, *([1] * (x.ndim - 1))) * x[:1]  # at rest at u[0]
@@ -388,7 +411,7 @@ class TimeDomainDevice(PhysicalSystem):
     def _rail_and_round(self, y: torch.Tensor) -> torch.Tensor:
         if self.clip is not None:
             lo, hi = self.clip
-            self.clipped_samples += int(((y < lo) | (y > hi)).sum())
+            self._clipped_samples += int(((y < lo) | (y > hi)).sum())
             y = y.clamp(lo, hi)
         if self.adc_step:
             y = torch.round(y / self.adc_step) * self.adc_step
@@ -412,6 +435,6 @@ class TimeDomainDevice(PhysicalSystem):
 
     def __repr__(self) -> str:
         return (
-            f"TimeDomainDevice({type(self.static).__name__}, fs={self.fs:g} Hz, bandwidth={self.bandwidth_hz} Hz, "
-            f"delay={self.delay_s:g} s, noise={self.td_noise})"
+            f"TimeDomainDevice({type(self.static).__name__}, fs={self.fs:g} Hz, bandwidth={self._bandwidth_hz} Hz, "
+            f"delay={self._delay_s:g} s, noise={self.td_noise})"
         )
