@@ -135,33 +135,52 @@ class DNPU(PhysicalSystem):
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike, **kwargs) -> "DNPU":
-        """Read the shared ``.npz`` surrogate format (no pickles are loaded)."""
+        """Read the shared ``.npz`` surrogate format.
+
+        Hostile files are expected (issue 12): only ``meta``, ``weight<i>`` and ``bias<i>`` are read
+        (no other entry is decompressed), each entry's declared size is checked against a cap
+        before anything is read (:data:`MAX_ARRAY_BYTES`, :data:`MAX_META_BYTES`), no pickle is
+        loaded, weights must be real numbers (complex ones are refused, never truncated), and
+        every failure is a :class:`ConfigError` naming the file and the problem.
+        """
         path = _existing(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            with zipfile.ZipFile(path) as zf:
+                members = {Path(n).stem: n for n in zf.namelist() if n.endswith(".npy")}
+                if "meta" not in members:
+                    raise ConfigError(f"DNPU surrogate {path} has no 'meta' entry (keys: {sorted(members)[:20]})")
+                meta_array = _read_npy(zf, members["meta"], path, MAX_META_BYTES, text=True)
+                n = 0
+                while f"weight{n}" in members and n < MAX_LAYERS:
+                    n += 1
+                if n == 0 or any(f"bias{i}" not in members for i in range(n)):
+                    raise ConfigError(
+                        f"DNPU surrogate {path}: expected weight0/bias0, weight1/bias1, ... (keys: {sorted(members)[:20]})"
+                    )
+                budget = [MAX_TOTAL_BYTES]
+                weights = [_read_npy(zf, members[f"weight{i}"], path, MAX_ARRAY_BYTES, budget=budget) for i in range(n)]
+                biases = [_read_npy(zf, members[f"bias{i}"], path, MAX_ARRAY_BYTES, budget=budget) for i in range(n)]
+        except ConfigError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"DNPU surrogate {path} is corrupt or not an .npz archive: {exc}") from exc
-        if "meta" not in arrays:
-            raise ConfigError(f"DNPU surrogate {path} has no 'meta' entry (keys: {sorted(arrays)})")
         try:
-            meta = json.loads(str(arrays["meta"]))
-        except json.JSONDecodeError as exc:
+            meta = json.loads(str(meta_array.reshape(-1)[0]) if meta_array.size else "")
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ConfigError(f"DNPU surrogate {path}: 'meta' is not valid JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise ConfigError(f"DNPU surrogate {path}: 'meta' must be a JSON object, got {type(meta).__name__}")
         for key in ("voltage_min", "voltage_max", "amplification"):
             if key not in meta:
                 raise ConfigError(f"DNPU surrogate {path}: meta lacks {key!r}")
-        n = 0
-        while f"weight{n}" in arrays:
-            n += 1
-        if n == 0 or any(f"bias{i}" not in arrays for i in range(n)):
-            raise ConfigError(f"DNPU surrogate {path}: expected weight0/bias0, weight1/bias1, ... (keys: {sorted(arrays)})")
-        weights = [torch.from_numpy(np.asarray(arrays[f"weight{i}"], dtype=np.float32)) for i in range(n)]
-        biases = [torch.from_numpy(np.asarray(arrays[f"bias{i}"], dtype=np.float32)) for i in range(n)]
+        electrodes = meta.get("electrodes")
+        if electrodes is not None and not (isinstance(electrodes, list) and all(isinstance(e, str) for e in electrodes)):
+            raise ConfigError(f"DNPU surrogate {path}: meta 'electrodes' must be a list of names")
         kwargs.setdefault("name", path.stem)
-        return cls(
-            weights, biases, meta["voltage_min"], meta["voltage_max"], meta["amplification"],
-            activation=meta.get("activation", "relu"), electrodes=meta.get("electrodes"), **kwargs,
+        return _build(
+            path, weights, biases, _numbers(meta["voltage_min"], "voltage_min", path),
+            _numbers(meta["voltage_max"], "voltage_max", path), _scalar(meta["amplification"], "amplification", path),
+            activation=meta.get("activation", "relu"), electrodes=electrodes, **kwargs,
         )
 
     @classmethod
@@ -175,39 +194,50 @@ class DNPU(PhysicalSystem):
         activation: str | None = None,
         **kwargs,
     ) -> "DNPU":
-        """Read a brains-py torch checkpoint with ``torch.load(weights_only=True)``.
+        """Read a brains-py / brainspy-smg torch checkpoint with ``torch.load(weights_only=True)``.
 
         Layers are the tensors named ``<prefix><i>.weight`` / ``<prefix><i>.bias`` (the longest
-        such chain, ordered by ``i``: e.g. ``raw_model.0.weight``). Voltage ranges, amplification
-        and activation come from the checkpoint's ``info`` dict when it has them
-        (``electrode_info.activation_electrodes.voltage_ranges``, ``…output_electrodes.amplification``,
-        or the older ``data_info.input_data.offset ± amplitude``,
-        ``data_info.processor.driver.amplification``); arguments override them.
+        such chain, ordered by ``i``: e.g. ``raw_model.0.weight``), at the top level or under
+        ``model_state_dict`` / ``state_dict``. Voltage ranges and amplification are read from the
+        checkpoint's ``info`` dict in every layout the brains-py and brainspy-smg histories use
+        (:data:`AMPLIFICATION_PATHS`, :data:`RANGE_PATHS`); arguments override them. Files over
+        :data:`MAX_CHECKPOINT_BYTES` are refused before reading; complex tensors are refused; every
+        failure is a :class:`ConfigError` naming the file.
         """
         path = _existing(path)
+        size = path.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ConfigError(f"DNPU checkpoint {path} is {size} bytes, over the {MAX_CHECKPOINT_BYTES}-byte cap")
         state = _torch_load(path)
-        if not isinstance(state, Mapping):
-            raise ConfigError(f"DNPU checkpoint {path} holds a {type(state).__name__}, expected a state dict")
-        info = state.get("info") if isinstance(state.get("info"), Mapping) else {}
-        tensors = state.get("model_state_dict", state.get("state_dict", state))
-        if not isinstance(tensors, Mapping):
-            raise ConfigError(f"DNPU checkpoint {path}: its state dict is a {type(tensors).__name__}")
-        weights, biases = _linear_chain(tensors, path)
-        ranges = _info_ranges(info)
-        if voltage_min is None or voltage_max is None:
-            if ranges is None:
-                raise ConfigError(
-                    f"DNPU checkpoint {path} does not give electrode voltage ranges; pass voltage_min= and voltage_max="
-                )
-            voltage_min, voltage_max = ranges
-        if amplification is None:
-            amplification = _info_amplification(info)
+        try:
+            if not isinstance(state, Mapping):
+                raise ConfigError(f"DNPU checkpoint {path} holds a {type(state).__name__}, expected a state dict")
+            info = state.get("info") if isinstance(state.get("info"), Mapping) else {}
+            tensors = state.get("model_state_dict", state.get("state_dict", state))
+            if not isinstance(tensors, Mapping):
+                raise ConfigError(f"DNPU checkpoint {path}: its state dict is a {type(tensors).__name__}")
+            weights, biases = _linear_chain(tensors, path)
+            if voltage_min is None or voltage_max is None:
+                ranges = _info_ranges(info, path)
+                if ranges is None:
+                    raise ConfigError(
+                        f"DNPU checkpoint {path} does not give electrode voltage ranges; pass voltage_min= and voltage_max="
+                    )
+                voltage_min, voltage_max = ranges
             if amplification is None:
-                raise ConfigError(f"DNPU checkpoint {path} does not give the amplification; pass amplification=")
-        if activation is None:
-            activation = _find(info, ("model_structure", "activation")) or _find(info, ("smg_configs", "processor", "torch_model_dict", "activation")) or "relu"
+                amplification = _info_amplification(info, path)
+                if amplification is None:
+                    raise ConfigError(f"DNPU checkpoint {path} does not give the amplification; pass amplification=")
+            if activation is None:
+                activation = _first(info, ACTIVATION_PATHS) or "relu"
+            if not isinstance(activation, str):
+                raise ConfigError(f"DNPU checkpoint {path}: activation must be a name, got {type(activation).__name__}")
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, RuntimeError, RecursionError) as exc:
+            raise ConfigError(f"DNPU checkpoint {path} is malformed: {type(exc).__name__}: {exc}") from exc
         kwargs.setdefault("name", path.stem)
-        return cls(weights, biases, voltage_min, voltage_max, amplification, activation=str(activation), **kwargs)
+        return _build(path, weights, biases, voltage_min, voltage_max, amplification, activation=activation, **kwargs)
 
     @classmethod
     def synthetic(cls, seed: int = 0, *, hidden: int = 24, **kwargs) -> "DNPU":
@@ -356,8 +386,8 @@ def _torch_load(path: Path):
                 f"DNPU checkpoint {path} cannot be read as weights only (it holds objects other than tensors, "
                 f"numbers, strings, containers and numpy arrays): {first}"
             ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"DNPU checkpoint {path} is corrupt or not a torch file: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure of a hostile file is a named error
+        raise ConfigError(f"DNPU checkpoint {path} is corrupt or not a torch file: {type(exc).__name__}: {exc}") from exc
 
 
 def _numpy_globals() -> list:
@@ -371,6 +401,118 @@ def _numpy_globals() -> list:
 
 
 _LAYER = re.compile(r"^(.*?)(\d+)\.(weight|bias)$")
+MAX_LAYERS = 64
+MAX_ARRAY_BYTES = 64 * 2**20  # one weight matrix (a real surrogate: < 1 MiB)
+MAX_TOTAL_BYTES = 256 * 2**20
+MAX_META_BYTES = 2**20
+MAX_CHECKPOINT_BYTES = 256 * 2**20
+
+# Where brains-py (2019-2022) and brainspy-smg keep the amplification and the voltage ranges in a
+# checkpoint's ``info`` dict, newest layout first (read from their public histories; none of their code is used).
+AMPLIFICATION_PATHS = (
+    ("electrode_info", "output_electrodes", "amplification"),  # brains-py >= 2021 (SurrogateModel)
+    ("data_info", "processor", "driver", "amplification"),  # brains-py 2020 (processor with a driver)
+    ("data_info", "processor", "amplification"),  # brains-py 2019-20 (processor without a driver)
+    ("sampling_configs", "driver", "amplification"),  # brainspy-smg (sampling configs copied into info)
+    ("data_info", "sampling_configs", "driver", "amplification"),  # brainspy-smg, via the dataset's info dict
+    ("amplification",),  # the oldest SkyNEt-era models (info['amplification'])
+)
+RANGE_PATHS = (
+    ("electrode_info", "activation_electrodes", "voltage_ranges"),  # [[low, high]] * 7
+    ("sampling_configs", "driver", "instruments_setup", "activation_voltage_ranges"),
+    ("data_info", "processor", "driver", "instruments_setup", "activation_voltage_ranges"),
+)
+OFFSET_AMPLITUDE_PATHS = (  # ranges as offset ± amplitude
+    ("data_info", "input_data"),
+    ("sampling_configs", "input_data"),
+    ("data_info", "sampling_configs", "input_data"),
+    (),  # the oldest: info['offset'], info['amplitude']
+)
+ACTIVATION_PATHS = (
+    ("model_structure", "activation"),
+    ("smg_configs", "processor", "torch_model_dict", "activation"),
+    ("smg_configs", "model_structure", "activation"),
+    ("data_info", "processor", "torch_model_dict", "activation"),
+)
+
+
+def _read_npy(zf: zipfile.ZipFile, member: str, path: Path, cap: int, *, text: bool = False,
+              budget: list[int] | None = None) -> np.ndarray:
+    """One ``.npy`` entry, its header checked (dtype, shape, size) before any data is read."""
+    info = zf.getinfo(member)
+    name = Path(member).stem
+    if info.file_size > cap:
+        raise ConfigError(f"DNPU surrogate {path}: entry {name!r} would decompress to {info.file_size} bytes (cap {cap})")
+    with zf.open(member) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ConfigError(f"DNPU surrogate {path}: entry {name!r} has an unknown .npy version {version}")
+        if dtype.hasobject:
+            raise ConfigError(f"DNPU surrogate {path}: entry {name!r} holds Python objects (pickles are never loaded)")
+        if text:
+            if dtype.kind not in "US":
+                raise ConfigError(f"DNPU surrogate {path}: entry {name!r} must be a JSON string, got dtype {dtype}")
+        elif dtype.kind == "c":
+            raise ConfigError(f"DNPU surrogate {path}: entry {name!r} has complex weights ({dtype}); a surrogate is real")
+        elif dtype.kind not in "fiu" or dtype.itemsize > 8:
+            raise ConfigError(f"DNPU surrogate {path}: entry {name!r} has dtype {dtype}, expected real numbers")
+        count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+        nbytes = count * dtype.itemsize
+        if count < 0 or nbytes > cap or nbytes > info.file_size:
+            raise ConfigError(f"DNPU surrogate {path}: entry {name!r} declares shape {shape} ({nbytes} bytes), "
+                              f"inconsistent with its {info.file_size}-byte entry or over the cap {cap}")
+        if budget is not None:
+            budget[0] -= nbytes
+            if budget[0] < 0:
+                raise ConfigError(f"DNPU surrogate {path}: the layers exceed {MAX_TOTAL_BYTES} bytes in total")
+        data = fh.read(nbytes)
+        if len(data) != nbytes:
+            raise ConfigError(f"DNPU surrogate {path}: entry {name!r} is truncated")
+    arr = np.frombuffer(data, dtype=dtype)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def _build(path: Path, weights, biases, voltage_min, voltage_max, amplification, **kwargs) -> "DNPU":
+    """The constructor, its refusals restated with the file's name."""
+    try:
+        weights = [_real_tensor(w, f"weight{i}", path) for i, w in enumerate(weights)]
+        biases = [_real_tensor(b, f"bias{i}", path) for i, b in enumerate(biases)]
+        return DNPU(weights, biases, voltage_min, voltage_max, amplification, **kwargs)
+    except ConfigError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ConfigError(f"DNPU surrogate {path}: {exc}") from exc
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"DNPU surrogate {path} is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _real_tensor(value, what: str, path: Path) -> torch.Tensor:
+    t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value, copy=True))
+    if t.is_complex():
+        raise ConfigError(f"DNPU surrogate {path}: {what} has complex values ({t.dtype}); a surrogate is real")
+    if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise ConfigError(f"DNPU surrogate {path}: {what} has dtype {t.dtype}, expected real numbers")
+    return t.to(torch.float32)
+
+
+def _numbers(value, what: str, path: Path) -> list[float]:
+    arr = np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
+    if arr.dtype.kind == "c":
+        raise ConfigError(f"DNPU surrogate {path}: {what} has complex values")
+    if arr.dtype.kind not in "fiub" or arr.size > 1024:
+        raise ConfigError(f"DNPU surrogate {path}: {what} must be a short list of numbers, got {str(value)[:80]!r}")
+    return arr.astype(np.float64).reshape(-1).tolist()
+
+
+def _scalar(value, what: str, path: Path) -> float:
+    numbers = _numbers(value, what, path)
+    if len(numbers) != 1:
+        raise ConfigError(f"DNPU surrogate {path}: {what} must be one number, got {len(numbers)}")
+    return numbers[0]
 
 
 def _linear_chain(tensors: Mapping, path: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -378,6 +520,8 @@ def _linear_chain(tensors: Mapping, path: Path) -> tuple[list[torch.Tensor], lis
     for key, value in tensors.items():
         m = _LAYER.match(str(key))
         if m and isinstance(value, torch.Tensor):
+            if value.is_complex():
+                raise ConfigError(f"DNPU checkpoint {path}: {key} has complex values ({value.dtype}); a surrogate is real")
             groups.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = value
     chains = {p: layers for p, layers in groups.items() if all("weight" in v and "bias" in v for v in layers.values())}
     chains = {p: layers for p, layers in chains.items() if all(v["weight"].dim() == 2 for v in layers.values())}
@@ -385,6 +529,8 @@ def _linear_chain(tensors: Mapping, path: Path) -> tuple[list[torch.Tensor], lis
         raise ConfigError(f"DNPU checkpoint {path} has no linear layers named '<prefix><i>.weight' / '<prefix><i>.bias'")
     prefix = max(chains, key=lambda p: len(chains[p]))
     layers = chains[prefix]
+    if len(layers) > MAX_LAYERS:
+        raise ConfigError(f"DNPU checkpoint {path} has {len(layers)} layers (cap {MAX_LAYERS})")
     order = sorted(layers)
     return [layers[i]["weight"].float() for i in order], [layers[i]["bias"].float() for i in order]
 
@@ -398,26 +544,40 @@ def _find(info: Mapping, keys: tuple[str, ...]):
     return node
 
 
-
-def _info_ranges(info: Mapping) -> tuple[list[float], list[float]] | None:
-    ranges = _find(info, ("electrode_info", "activation_electrodes", "voltage_ranges"))
-    if ranges is not None:
-        arr = np.asarray(ranges, dtype=np.float64).reshape(-1, 2)
-        return arr[:, 0].tolist(), arr[:, 1].tolist()
-    offset = _find(info, ("data_info", "input_data", "offset"))
-    amplitude = _find(info, ("data_info", "input_data", "amplitude"))
-    if offset is not None and amplitude is not None:
-        o, a = np.asarray(offset, dtype=np.float64).reshape(-1), np.asarray(amplitude, dtype=np.float64).reshape(-1)
-        return (o - a).tolist(), (o + a).tolist()
-    return None
-
-
-def _info_amplification(info: Mapping) -> float | None:
-    for keys in (("electrode_info", "output_electrodes", "amplification"), ("data_info", "processor", "driver", "amplification")):
+def _first(info: Mapping, paths) -> object:
+    for keys in paths:
         value = _find(info, keys)
         if value is not None:
-            return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+            return value
     return None
+
+
+def _info_ranges(info: Mapping, path: Path | str = "checkpoint") -> tuple[list[float], list[float]] | None:
+    """Voltage ranges from any brains-py / brainspy-smg layout (``[[low, high]] * 7`` or offset ± amplitude)."""
+    ranges = _first(info, RANGE_PATHS)
+    if ranges is not None:
+        arr = np.asarray(_numbers(ranges, "voltage_ranges", Path(str(path))), dtype=np.float64)
+        if arr.size % 2:
+            raise ConfigError(f"DNPU checkpoint {path}: voltage_ranges must be [low, high] pairs")
+        arr = arr.reshape(-1, 2)
+        return arr[:, 0].tolist(), arr[:, 1].tolist()
+    for keys in OFFSET_AMPLITUDE_PATHS:
+        node = _find(info, keys) if keys else info
+        if isinstance(node, Mapping) and node.get("offset") is not None and node.get("amplitude") is not None:
+            o = np.asarray(_numbers(node["offset"], "offset", Path(str(path))))
+            a = np.asarray(_numbers(node["amplitude"], "amplitude", Path(str(path))))
+            if o.shape != a.shape:
+                raise ConfigError(f"DNPU checkpoint {path}: offset and amplitude have different lengths")
+            return (o - np.abs(a)).tolist(), (o + np.abs(a)).tolist()
+    return None
+
+
+def _info_amplification(info: Mapping, path: Path | str = "checkpoint") -> float | None:
+    """The amplification from any brains-py / brainspy-smg layout (a number or a one-element list/array)."""
+    value = _first(info, AMPLIFICATION_PATHS)
+    if value is None:
+        return None
+    return _scalar(value, "amplification", Path(str(path)))
 
 
 def time_domain_dnpu(
