@@ -15,7 +15,7 @@ lock-in is :func:`physgrad.methods.hge.lockin.lockin` on windows that need not h
 extracted derivatives against autograd through the surrogate, median and 90th percentile over the
 operating points.
 
-    python -m benchmarks.hge_spacing [--device PATH.npz] [--quick] [--out F.json]
+    python -m benchmarks.hge_spacing [--device PATH.npz] [--points N] [--quick] [--out F.json]
 """
 
 from __future__ import annotations
@@ -64,9 +64,16 @@ def extract(device, controls: torch.Tensor, inputs: torch.Tensor, freqs: list[fl
 
 
 def main(argv=None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], device_argument, argv)
+    def extra(parser) -> None:
+        device_argument(parser)
+        parser.add_argument("--points", type=int, default=None,
+                            help="random operating points (default 1000, the paper's; 100 with --quick)")
+
+    args = parse_args(__doc__.splitlines()[0], extra, argv)
     torch.set_num_threads(args.threads or 1)
-    n = 100 if args.quick else 1000
+    n = args.points or (100 if args.quick else 1000)
+    if n < 2:
+        raise SystemExit(f"--points must be >= 2, got {n}")
     windows = [0.01, 0.025, 0.05, 0.1, 0.2] if args.quick else [0.01, 0.015, 0.02, 0.025, 0.04, 0.05, 0.075, 0.1,
                                                                0.15, 0.2, 0.3, 0.5]
     t_start = time.time()

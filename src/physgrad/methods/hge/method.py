@@ -40,14 +40,14 @@ from torch import nn
 
 from ...cost import Cost
 from ...errors import ConfigError, MeasurementError, ShapeError
-from ...models.physical_layer import gradient_path, parameter_bounds, physical_layers, systems_of
+from ...models.physical_layer import gradient_path, systems_of
 from ...systems.base import PhysicalSystem
 from ..base import Estimate, GradientMethod, LossFn, accumulate_grads, flatten_with_bounds, unflatten
 from .calibration import Calibration, CalibrationProbes, calibration_waveform, read_calibration, reference_frequencies
+from .globalscope import check_time_domain, control_offsets, midpoint_inputs, model_probes
 from .lockin import demodulate, railed
 from .plan import FrequencyPlan, check_frequencies, modulation_amplitudes, plan_frequencies
 from .probes import CalibratedProbes, GlobalAnswers, ModelProbes, WaveformProbes, centre_and_amplitude, sines
-from .routes import parameter_routes
 from .settings import DEFAULT_SETTLE_S, SETTING_NAMES, HGESettings
 
 Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
@@ -155,7 +155,7 @@ class HGE(GradientMethod):
         calibration first) while no calibration for ``system.identity`` is known. Play them with
         ``answers = probes.answer(system)`` (or any carrier) and pass ``answers`` to :meth:`tell`.
         """
-        _check_time_domain(system)
+        check_time_domain(system)
         theta = {n: torch.as_tensor(t).detach() for n, t in theta.items()}
         bounds = system.parameter_bounds() if bounds is None else bounds
         if input_grad:
@@ -163,7 +163,7 @@ class HGE(GradientMethod):
                 raise ShapeError("input_grad=True needs the inputs to modulate")
             if input_bounds is None:
                 input_bounds = system.input_bounds(inputs.dtype)
-        offsets = _control_offsets(system)
+        offsets = control_offsets(system)
         routes: list = []
         for name, t in theta.items():
             start = offsets.get(name)
@@ -213,7 +213,7 @@ class HGE(GradientMethod):
 
     def calibration_probes(self, system: PhysicalSystem, params=None, inputs=None) -> CalibrationProbes:
         """The calibration's own probes at ``(params, the first data point)`` (see :mod:`.calibration`). Pure."""
-        _check_time_domain(system)
+        check_time_domain(system)
         s = self.settings
         full = system.initial_parameters()
         for name, value in (params or {}).items():
@@ -222,7 +222,7 @@ class HGE(GradientMethod):
         flat, low, high, shapes = flatten_with_bounds(full, system.parameter_bounds())
         n_controls = flat.numel()
         in_bounds = system.input_bounds()
-        x0 = _midpoint_inputs(system) if inputs is None else inputs.detach()[:1].reshape(1, *system.input_shape)
+        x0 = midpoint_inputs(system) if inputs is None else inputs.detach()[:1].reshape(1, *system.input_shape)
         centre, amp = centre_and_amplitude(flat, low, high, self._base_amplitudes(low, high, s.amplitude), "shrink",
                                            "parameter")
         if in_bounds is not None:
@@ -378,47 +378,7 @@ class HGE(GradientMethod):
     # ------------------------------------------------------------------ global scope
     def ask_model(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y) -> ModelProbes | CalibratedProbes:
         """Global-scope probes: every trainable parameter of ``model`` modulated, one waveform. Pure."""
-        s = self.settings
-        devices = systems_of(model)
-        for d in devices:
-            _check_time_domain(d)
-        if not devices:
-            raise ConfigError("HGE (global scope) needs a physical layer holding a time-domain device")
-        if len({float(d.fs) for d in devices}) != 1:
-            raise ConfigError("HGE (global scope) plays one waveform: all devices must share fs")
-        if s.phase == "calibrated" and len(devices) > 1:
-            raise ConfigError("phase calibration in the global scope supports one device; use scope='local'")
-        device = devices[0]
-        paths, calls, out_shape = parameter_routes(model, x)
-        if s.loss_signal:
-            _check_loss_signal(loss_fn, y, out_shape)
-        theta = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        offsets = _control_offsets(device)
-        own: dict[str, str] = {}
-        for prefix, layer in physical_layers(model):
-            for name in layer.names:
-                key = f"params.{name.replace('.', '__')}"
-                own[f"{prefix}.{key}" if prefix else key] = name
-        routes: list = []
-        for name, t in theta.items():
-            path = paths[name]
-            if s.phase == "none" or path in ("downstream", "none"):
-                routes += [None] * t.numel()
-            elif path == "upstream":
-                routes += ["inputs"] * t.numel()
-            else:
-                start = offsets[own[name]]
-                routes += [start + i for i in range(t.numel())]
-        probes = self._waveform_probes(theta, parameter_bounds(model), device, None, None, False, tuple(routes))
-        gp = ModelProbes(probes.params, model, x, y, loss_fn if s.loss_signal else None, probes.plan, probes.amplitudes,
-                         probes.routes, device.identity, devices, probes.shapes, [(b, d.ramp_samples) for d, b in calls])
-        if self.needs_calibration(device):
-            layer = next(layer for _, layer in physical_layers(model) if layer.system is device)
-            mine = {n: p.detach() for n, p in layer.device_parameters().items()}
-            n_in = len(device.input_shape)
-            at = x if tuple(x.shape[x.dim() - n_in:]) == device.input_shape and x.dim() == n_in + 1 else None
-            return CalibratedProbes(self.calibration_probes(device, mine, at), gp)
-        return gp
+        return model_probes(self, model, loss_fn, x, y)
 
     def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.scope == "local":
@@ -473,52 +433,3 @@ class HGE(GradientMethod):
                 f"amplitude={s.amplitude}, order={s.order}, loss_signal={s.loss_signal}, scope={self.scope!r})")
 
 
-# ===================================================================================== helpers
-def _check_time_domain(system) -> None:
-    if system is None or not hasattr(system, "measure_waveform"):
-        raise ConfigError(
-            f"HGE needs a time-domain device (sampled waveforms in, a signal out), got {type(system).__name__}; "
-            "wrap it with physgrad.systems.TimeDomainDevice"
-        )
-
-
-def _control_offsets(system) -> dict[str, int]:
-    offsets, at = {}, 0
-    for name, spec in system.parameter_specs.items():
-        offsets[name] = at
-        at += spec.numel
-    return offsets
-
-
-def _midpoint_inputs(system) -> torch.Tensor:
-    bounds = system.input_bounds()
-    if bounds is None:
-        return torch.zeros(1, *system.input_shape)
-    low, high = bounds
-    return ((low + high) / 2).reshape(1, *system.input_shape)
-
-
-def _check_loss_signal(loss_fn, y, out_shape: tuple) -> None:
-    """Refuse the in-materia loss signal where a lab could not form it (issue 11, §5).
-
-    The B data points are played one after another, so the loss signal of sample ``n`` can only be
-    formed in materia when the loss is a mean (or sum) of per-data-point losses: then each window's
-    own loss signal is demodulated and the readings averaged, which equals demodulating the mean.
-    A loss that couples data points (a batch mean, a normalisation, a softmax over the batch) needs
-    all windows at once: not physically realisable, so it is refused (use the digital chain rule,
-    ``loss_signal=False``). Checked on random outputs of the model's shape (no device is touched).
-    """
-    batch = out_shape[0] if out_shape else 1
-    if batch <= 1:
-        return
-    fake = torch.randn(out_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        whole = float(loss_fn(fake, y))
-        parts = torch.tensor([float(loss_fn(fake[b : b + 1], y[b : b + 1])) for b in range(batch)], dtype=torch.float64)
-    if not (math.isclose(whole, float(parts.mean()), rel_tol=1e-4, abs_tol=1e-9)
-            or math.isclose(whole, float(parts.sum()), rel_tol=1e-4, abs_tol=1e-9)):
-        raise ConfigError(
-            "hge: loss_signal=True needs a loss that is a mean or sum of per-data-point losses: the data points are "
-            "played one after another, so a loss that couples them (a batch mean, a normalisation) cannot be formed "
-            "in materia. Use loss_signal=False (the digital chain rule) or a per-sample loss"
-        )
