@@ -209,10 +209,17 @@ class TimeDomainDevice(PhysicalSystem):
     # ----------------------------------------------------------------------------- declared
     @property
     def identity(self) -> str:
-        """The wrapped device's identity (one device, whatever drives it)."""
+        """The wrapped device's identity (one device, whatever drives it); settable, e.g. to a lab's serial number."""
+        given = self.__dict__.get("_identity")
+        if given is not None:
+            return given
         inner = getattr(self.static, "identity", type(self.static).__name__)
         name = getattr(self.static, "name", None)
         return f"TimeDomainDevice[{inner}{'' if name is None else ':' + str(name)}]"
+
+    @identity.setter
+    def identity(self, value: str) -> None:
+        self.__dict__["_identity"] = str(value)
 
     def _electrode_bandwidths(self, spec: Mapping[str, object]) -> dict[str, torch.Tensor]:
         out = {}
