@@ -51,10 +51,42 @@ def hge_gradients(method: HGE, device, controls: torch.Tensor, inputs: torch.Ten
     out = []
     for c, x in zip(controls, inputs):
         probes = method.ask({"controls": c}, x, system=device)
-        answers = device.measure_waveform(probes.params, probes.inputs)
+        answers = method.carrier(device, probes)
         out.append(method.tell(probes, answers, torch.ones(1, 1)).grads["controls"])
     spent = device.device_seconds - method.calibration_cost.device_seconds - before  # calibration is once per plan
     return torch.stack(out), spent / len(controls)
+
+
+def downstream_errors(device, controls: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global scope, ``device → Linear(1, 1)``: relative error of the digital layer's gradient (issue 11 §1)
+    and of the device's controls, against backprop, default phase mode, one HGE (calibrated once)."""
+    from torch import nn
+
+    from physgrad.methods import Backprop
+    from physgrad.models import PhysicalLayer
+
+    method = HGE(0.1)
+    g = torch.Generator().manual_seed(5)
+    down, ctrl = [], []
+    for c, x in zip(controls, inputs):
+        model = nn.Sequential(PhysicalLayer(device), nn.Linear(1, 1))
+        with torch.no_grad():
+            model[0].params["controls"].copy_(c)
+            model[1].weight.fill_(0.05)
+            model[1].bias.zero_()
+        xs = x.expand(4, -1) + 0.05 * torch.randn(4, x.shape[-1], generator=g)
+        xs = torch.minimum(torch.maximum(xs, device.static.input_bounds()[0]), device.static.input_bounds()[1])
+        y = torch.randn(4, 1, generator=g)
+        loss_fn = nn.MSELoss()
+        method.backward(model, loss_fn, xs, y)
+        est = [p.grad.detach().clone() for p in model.parameters()]
+        model.zero_grad()
+        Backprop().backward(model, loss_fn, xs, y)
+        ref = [p.grad.detach().clone() for p in model.parameters()]
+        e, r = torch.cat([t.reshape(-1) for t in est[1:]]), torch.cat([t.reshape(-1) for t in ref[1:]])
+        down.append(float((e - r).norm() / r.norm().clamp_min(1e-12)))
+        ctrl.append(float((est[0] - ref[0]).norm() / ref[0].norm().clamp_min(1e-12)))
+    return torch.tensor(down), torch.tensor(ctrl)
 
 
 def scores(est: torch.Tensor, exact: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +132,13 @@ def main(argv=None) -> dict:
         _, c, r = run(f"parallel, spacing {spacing:g} Hz, odd multiples", HGE(0.1, spacing=spacing, odd=True, f_min=spacing), n_side)
         figures[f"spacing{int(spacing)}_median_cosine"] = float(c.median())
         figures[f"spacing{int(spacing)}_median_relative_error"] = float(r.median())
+    down, ctrl = downstream_errors(device, controls[:n_side], inputs[:n_side])
+    figures["downstream_relative_error"] = float(down.median())
+    figures["global_controls_relative_error"] = float(ctrl.median())
+    rows.append(["global scope: Linear(1,1) after the device (its gradient)", n_side, float("nan"), float("nan"),
+                 float(down.median()), float("nan")])
+    rows.append(["global scope: the device's controls in that model", n_side, float("nan"), float("nan"),
+                 float(ctrl.median()), float("nan")])
     flicker = time_domain_dnpu(dnpu, flicker_psd_1hz=1e-3, seed=1)
     _, c, r = run("parallel, + 1/f noise (10⁻³ nA²/Hz at 1 Hz)", HGE(0.1), n_side, flicker)
     figures["flicker_median_cosine"] = float(c.median())

@@ -19,8 +19,10 @@ GATES = ("and", "or", "nand", "nor", "xor", "xnor")
 CONTRACTS = {
     "ring_reservoir": ["ring_narma10_nrmse", "esn_narma10_nrmse", "ring_memory_capacity", "esn_memory_capacity"],
     "reservoir_transformer": ["backprop_test_accuracy", "pgt_global_test_accuracy", "pgt_local_test_accuracy"],
-    "hge_fidelity": ["median_cosine", "median_relative_error"],
+    "hge_fidelity": ["median_cosine", "median_relative_error", "downstream_relative_error"],
     "hge_gates": ["success_rate", *(f"success_{g}" for g in GATES)],
+    "hge_equal_time": ["error_ratio_best_static_to_hge", "error_ratio_best_static_to_hge_with_calibration"],
+    "hge_spacing": ["multi_over_single_df10_T0.1", "multi_over_single_df40_T0.1"],
     "hge_sphere": ["hge_test_accuracy", "backprop_test_accuracy"],
     "aeqprop": ["aeqprop_centered_test_accuracy", "aeqprop_optimistic_test_accuracy", "eqprop_test_accuracy",
                 "backprop_test_accuracy"],
@@ -43,9 +45,29 @@ def test_quick_benchmark_writes_its_contract(name, tmp_path):
             assert 0.0 <= value <= 1.0, f"{key} = {value}"
     if name == "hge_fidelity":
         assert figures["median_cosine"] > 0.9  # HGE is a real gradient even in the quick run
+        assert figures["downstream_relative_error"] < 0.15  # the digital layer after the device (issue 11 §1)
+    if name == "hge_gates":
+        assert figures["protocol"] == "fixed" and figures["attempts"] == 1 and figures["inputs"] == "3,4"
+    if name == "hge_equal_time":
+        assert figures["error_ratio_best_static_to_hge"] > 0
     if name == "relaxation_speed":
         assert figures["speedup"] > 1.0 and figures["max_state_difference"] < 1e-4
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_gate_protocols_and_methods_from_the_command_line(tmp_path):
+    """``--protocol search --method backprop`` runs the search protocol; ``fixed`` refuses restarts."""
+    out = tmp_path / "s.json"
+    cmd = [sys.executable, "-m", "benchmarks.hge_gates", "--quick", "--protocol", "search", "--method", "backprop",
+           "--gates", "and", "--out", str(out), "--plot", str(tmp_path / "p.png")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["protocol"] == "search" and figures["method"] == "backprop" and figures["inputs"] == "any"
+    assert 0 <= figures["success_rate"] <= 1 and "success_and" in figures
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.hge_gates", "--protocol", "fixed", "--attempts", "3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "one training run per seed" in bad.stderr
 
 
 def test_gate_search_wiring_orders_and_bad_input():

@@ -220,3 +220,143 @@ def test_time_domain_dnpu_defaults_follow_the_paper():
     assert dev.td_noise.white_psd == 1e-5 and dev.fs == 10_000.0
     assert dev.adc_step == pytest.approx(2000.0 / 2 ** 16)
     assert isinstance(dev.static, DNPU)
+
+
+# ------------------------------------------------------------------------------ brains-py layouts (issue 11 §6)
+def _ranges_layouts():
+    vr = [[a, b] for a, b in zip(VMIN, VMAX)]
+    off = ((np.array(VMIN) + np.array(VMAX)) / 2).tolist()
+    amp = ((np.array(VMAX) - np.array(VMIN)) / 2).tolist()
+    return {
+        "electrode_info": {"electrode_info": {"activation_electrodes": {"voltage_ranges": vr}}},
+        "sampling_driver": {"sampling_configs": {"driver": {"instruments_setup": {"activation_voltage_ranges": vr}}}},
+        "processor_driver": {"data_info": {"processor": {"driver": {"instruments_setup": {"activation_voltage_ranges": vr}}}}},
+        "data_info_offset": {"data_info": {"input_data": {"offset": off, "amplitude": amp}}},
+        "sampling_offset": {"sampling_configs": {"input_data": {"offset": off, "amplitude": amp}}},
+        "nested_sampling_offset": {"data_info": {"sampling_configs": {"input_data": {"offset": off, "amplitude": amp}}}},
+        "top_offset": {"offset": np.array(off), "amplitude": np.array(amp)},
+    }
+
+
+def _nest(keys, value):
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _merge(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("amp_path", [
+    ("electrode_info", "output_electrodes", "amplification"),
+    ("data_info", "processor", "driver", "amplification"),
+    ("data_info", "processor", "amplification"),  # the layout that needed a hand-passed amplification=
+    ("sampling_configs", "driver", "amplification"),
+    ("data_info", "sampling_configs", "driver", "amplification"),
+    ("amplification",),
+])
+@pytest.mark.parametrize("ranges", sorted(_ranges_layouts()))
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_every_brainspy_layout_gives_amplification_and_ranges(tmp_path, amp_path, ranges, wrapped):
+    w, b = relu_layers(3)
+    state = {f"raw_model.{2 * i}.weight": wi for i, wi in enumerate(w)}
+    state.update({f"raw_model.{2 * i}.bias": bi for i, bi in enumerate(b)})
+    info = _merge(_ranges_layouts()[ranges], _nest(amp_path, [42.5] if len(amp_path) > 1 else np.array([42.5])))
+    torch.save({"info": info, "model_state_dict": state} if wrapped else {**state, "info": info}, tmp_path / "m.pt")
+    dnpu = DNPU.load(tmp_path / "m.pt")
+    assert dnpu.amplification == pytest.approx(42.5)
+    assert torch.allclose(dnpu.voltage_min, torch.tensor(VMIN), atol=1e-6)
+    assert torch.allclose(dnpu.voltage_max, torch.tensor(VMAX), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ hostile files (issue 12, loaders)
+def _crafted_npy(shape_text: str) -> bytes:
+    header = ("{'descr': '<f4', 'fortran_order': False, 'shape': %s, }" % shape_text).encode()
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\x00" * 16
+
+
+def _hostile(tmp_path):
+    import zipfile
+
+    w, b = relu_layers()
+    files = {}
+    write_npz(tmp_path / "complex.npz", [torch.complex(w[0], torch.zeros_like(w[0])), *w[1:]], b)
+    files["complex.npz"] = "complex"
+    meta = {"voltage_min": VMIN, "voltage_max": VMAX, "amplification": 1.0}
+    np.savez(tmp_path / "pickled.npz", meta=np.array(json.dumps(meta)), weight0=np.array([object()], dtype=object),
+             bias0=np.zeros(1))
+    files["pickled.npz"] = "objects"
+    np.savez(tmp_path / "metalist.npz", meta=np.array(json.dumps([1, 2])), weight0=np.zeros((1, 7)), bias0=np.zeros(1))
+    files["metalist.npz"] = "JSON object"
+    np.savez(tmp_path / "metanum.npz", meta=np.zeros(3), weight0=np.zeros((1, 7)), bias0=np.zeros(1))
+    files["metanum.npz"] = "JSON string"
+    bad = dict(meta, voltage_min=["a"] * 7)
+    np.savez(tmp_path / "strings.npz", meta=np.array(json.dumps(bad)), weight0=np.zeros((1, 7)), bias0=np.zeros(1))
+    files["strings.npz"] = "numbers"
+    bad = dict(meta, amplification={"x": 1})
+    np.savez(tmp_path / "ampdict.npz", meta=np.array(json.dumps(bad)), weight0=np.zeros((1, 7)), bias0=np.zeros(1))
+    files["ampdict.npz"] = "numbers"
+    with zipfile.ZipFile(tmp_path / "bigshape.npz", "w") as zf:
+        zf.writestr("meta.npy", b"")
+        zf.writestr("weight0.npy", _crafted_npy("(100000, 100000)"))
+        zf.writestr("bias0.npy", _crafted_npy("(1,)"))
+    files["bigshape.npz"] = "JSON string|declares shape|corrupt"
+    write_npz(tmp_path / "whole.npz", w, b)
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    files["truncated.npz"] = "corrupt"
+    torch.save({"info": {"electrode_info": {"activation_electrodes": {"voltage_ranges": [[-1, 1]] * 7},
+                                            "output_electrodes": {"amplification": [1.0]}}},
+                "model_state_dict": {"l.0.weight": torch.zeros(1, 7, dtype=torch.complex64), "l.0.bias": torch.zeros(1)}},
+               tmp_path / "complex.pt")
+    files["complex.pt"] = "complex"
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    files["list.pt"] = "expected a state dict"
+    torch.save({"info": {"electrode_info": {"activation_electrodes": {"voltage_ranges": "wide"},
+                                            "output_electrodes": {"amplification": "lots"}}},
+                "l.0.weight": torch.zeros(1, 7), "l.0.bias": torch.zeros(1)}, tmp_path / "strings.pt")
+    files["strings.pt"] = "numbers"
+    torch.save({"info": {"electrode_info": {"activation_electrodes": {"voltage_ranges": [1.0, 2.0, 3.0]},
+                                            "output_electrodes": {"amplification": [1.0, 2.0]}}},
+                "l.0.weight": torch.zeros(1, 7), "l.0.bias": torch.zeros(1)}, tmp_path / "odd.pt")
+    files["odd.pt"] = "pairs"
+    torch.save({"info": {"amplification": 1.0, "offset": [0.0] * 7, "amplitude": [1.0] * 6},
+                "l.0.weight": torch.zeros(1, 7), "l.0.bias": torch.zeros(1)}, tmp_path / "mismatch.pt")
+    files["mismatch.pt"] = "different lengths"
+    return files
+
+
+def test_hostile_files_end_in_a_config_error_naming_the_file(tmp_path):
+    for name, match in _hostile(tmp_path).items():
+        with pytest.raises(ConfigError, match=match) as info:
+            DNPU.load(tmp_path / name)
+        assert name in str(info.value), str(info.value)
+
+
+def test_npz_reads_only_the_keys_it_needs(tmp_path):
+    """A 1 MB archive with a 1 GiB unused entry loads without decompressing it (issue 12)."""
+    import tracemalloc
+    import zipfile
+
+    w, b = relu_layers()
+    write_npz(tmp_path / "base.npz", w, b)
+    with zipfile.ZipFile(tmp_path / "base.npz") as src, zipfile.ZipFile(tmp_path / "bomb.npz", "w",
+                                                                        zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+        with dst.open("unused.npy", "w", force_zip64=True) as fh:  # 256 MiB of zeros, compressed to ~256 kB
+            fh.write(np.lib.format.header_data_from_array_1_0(np.zeros(1)) and b"")
+            chunk = b"\x00" * 2**20
+            for _ in range(256):
+                fh.write(chunk)
+    assert (tmp_path / "bomb.npz").stat().st_size < 2 * 2**20
+    tracemalloc.start()
+    dnpu = DNPU.load(tmp_path / "bomb.npz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(dnpu.weights) == 3 and peak < 16 * 2**20

@@ -92,9 +92,9 @@ def test_dac_ramp_is_in_range_and_charged():
     inner = Gain(guard="refuse")
     dev = TimeDomainDevice(inner, 1000.0, dac_ramp_s=0.01, bandwidth_hz=50.0)
     dev.measure_waveform({"g": torch.full((100, 1), -2.0)}, torch.ones(3, 1))
-    assert dev.device_seconds == pytest.approx(3 * 100 / 1000.0)  # no ramp before the first waveform
+    assert dev.device_seconds == pytest.approx(3 * 110 / 1000.0)  # the first waveform ramps from the power-up defaults
     y = dev.measure_waveform({"g": torch.full((100, 1), 2.0)}, torch.ones(3, 1))
-    assert dev.device_seconds == pytest.approx(3 * 100 / 1000.0 + 3 * 110 / 1000.0)
+    assert dev.device_seconds == pytest.approx(2 * 3 * 110 / 1000.0)
     assert dev.queries == 2 and dev.samples == 6
     assert float(y[0, 0, 0]) > -2.0  # the ramp already moved the filtered output before the waveform began
     assert inner.seen_max <= 2.0

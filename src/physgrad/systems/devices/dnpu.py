@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -40,6 +38,27 @@ import torch
 
 from ...errors import ConfigError, DataNotFoundError
 from ..base import ParameterSpec, PhysicalSystem
+from .dnpu_files import (  # noqa: F401 - the loaders' limits and layouts are part of this module's API
+    ACTIVATION_PATHS,
+    AMPLIFICATION_PATHS,
+    MAX_ARRAY_BYTES,
+    MAX_CHECKPOINT_BYTES,
+    MAX_META_BYTES,
+    MAX_TOTAL_BYTES,
+    OFFSET_AMPLITUDE_PATHS,
+    RANGE_PATHS,
+    _build,
+    _find,
+    _first,
+    _info_amplification,
+    _info_ranges,
+    _linear_chain,
+    _numbers,
+    _read_npy,
+    _scalar,
+    _torch_load,
+    MAX_LAYERS,
+)
 
 N_ELECTRODES = 7
 ACTIVATIONS = ("relu", "tanh")
@@ -135,33 +154,52 @@ class DNPU(PhysicalSystem):
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike, **kwargs) -> "DNPU":
-        """Read the shared ``.npz`` surrogate format (no pickles are loaded)."""
+        """Read the shared ``.npz`` surrogate format.
+
+        Hostile files are expected (issue 12): only ``meta``, ``weight<i>`` and ``bias<i>`` are read
+        (no other entry is decompressed), each entry's declared size is checked against a cap
+        before anything is read (:data:`MAX_ARRAY_BYTES`, :data:`MAX_META_BYTES`), no pickle is
+        loaded, weights must be real numbers (complex ones are refused, never truncated), and
+        every failure is a :class:`ConfigError` naming the file and the problem.
+        """
         path = _existing(path)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            with zipfile.ZipFile(path) as zf:
+                members = {Path(n).stem: n for n in zf.namelist() if n.endswith(".npy")}
+                if "meta" not in members:
+                    raise ConfigError(f"DNPU surrogate {path} has no 'meta' entry (keys: {sorted(members)[:20]})")
+                meta_array = _read_npy(zf, members["meta"], path, MAX_META_BYTES, text=True)
+                n = 0
+                while f"weight{n}" in members and n < MAX_LAYERS:
+                    n += 1
+                if n == 0 or any(f"bias{i}" not in members for i in range(n)):
+                    raise ConfigError(
+                        f"DNPU surrogate {path}: expected weight0/bias0, weight1/bias1, ... (keys: {sorted(members)[:20]})"
+                    )
+                budget = [MAX_TOTAL_BYTES]
+                weights = [_read_npy(zf, members[f"weight{i}"], path, MAX_ARRAY_BYTES, budget=budget) for i in range(n)]
+                biases = [_read_npy(zf, members[f"bias{i}"], path, MAX_ARRAY_BYTES, budget=budget) for i in range(n)]
+        except ConfigError:
+            raise
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"DNPU surrogate {path} is corrupt or not an .npz archive: {exc}") from exc
-        if "meta" not in arrays:
-            raise ConfigError(f"DNPU surrogate {path} has no 'meta' entry (keys: {sorted(arrays)})")
         try:
-            meta = json.loads(str(arrays["meta"]))
-        except json.JSONDecodeError as exc:
+            meta = json.loads(str(meta_array.reshape(-1)[0]) if meta_array.size else "")
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ConfigError(f"DNPU surrogate {path}: 'meta' is not valid JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise ConfigError(f"DNPU surrogate {path}: 'meta' must be a JSON object, got {type(meta).__name__}")
         for key in ("voltage_min", "voltage_max", "amplification"):
             if key not in meta:
                 raise ConfigError(f"DNPU surrogate {path}: meta lacks {key!r}")
-        n = 0
-        while f"weight{n}" in arrays:
-            n += 1
-        if n == 0 or any(f"bias{i}" not in arrays for i in range(n)):
-            raise ConfigError(f"DNPU surrogate {path}: expected weight0/bias0, weight1/bias1, ... (keys: {sorted(arrays)})")
-        weights = [torch.from_numpy(np.asarray(arrays[f"weight{i}"], dtype=np.float32)) for i in range(n)]
-        biases = [torch.from_numpy(np.asarray(arrays[f"bias{i}"], dtype=np.float32)) for i in range(n)]
+        electrodes = meta.get("electrodes")
+        if electrodes is not None and not (isinstance(electrodes, list) and all(isinstance(e, str) for e in electrodes)):
+            raise ConfigError(f"DNPU surrogate {path}: meta 'electrodes' must be a list of names")
         kwargs.setdefault("name", path.stem)
-        return cls(
-            weights, biases, meta["voltage_min"], meta["voltage_max"], meta["amplification"],
-            activation=meta.get("activation", "relu"), electrodes=meta.get("electrodes"), **kwargs,
+        return _build(
+            path, weights, biases, _numbers(meta["voltage_min"], "voltage_min", path),
+            _numbers(meta["voltage_max"], "voltage_max", path), _scalar(meta["amplification"], "amplification", path),
+            activation=meta.get("activation", "relu"), electrodes=electrodes, **kwargs,
         )
 
     @classmethod
@@ -175,39 +213,50 @@ class DNPU(PhysicalSystem):
         activation: str | None = None,
         **kwargs,
     ) -> "DNPU":
-        """Read a brains-py torch checkpoint with ``torch.load(weights_only=True)``.
+        """Read a brains-py / brainspy-smg torch checkpoint with ``torch.load(weights_only=True)``.
 
         Layers are the tensors named ``<prefix><i>.weight`` / ``<prefix><i>.bias`` (the longest
-        such chain, ordered by ``i``: e.g. ``raw_model.0.weight``). Voltage ranges, amplification
-        and activation come from the checkpoint's ``info`` dict when it has them
-        (``electrode_info.activation_electrodes.voltage_ranges``, ``…output_electrodes.amplification``,
-        or the older ``data_info.input_data.offset ± amplitude``,
-        ``data_info.processor.driver.amplification``); arguments override them.
+        such chain, ordered by ``i``: e.g. ``raw_model.0.weight``), at the top level or under
+        ``model_state_dict`` / ``state_dict``. Voltage ranges and amplification are read from the
+        checkpoint's ``info`` dict in every layout the brains-py and brainspy-smg histories use
+        (:data:`AMPLIFICATION_PATHS`, :data:`RANGE_PATHS`); arguments override them. Files over
+        :data:`MAX_CHECKPOINT_BYTES` are refused before reading; complex tensors are refused; every
+        failure is a :class:`ConfigError` naming the file.
         """
         path = _existing(path)
+        size = path.stat().st_size
+        if size > MAX_CHECKPOINT_BYTES:
+            raise ConfigError(f"DNPU checkpoint {path} is {size} bytes, over the {MAX_CHECKPOINT_BYTES}-byte cap")
         state = _torch_load(path)
-        if not isinstance(state, Mapping):
-            raise ConfigError(f"DNPU checkpoint {path} holds a {type(state).__name__}, expected a state dict")
-        info = state.get("info") if isinstance(state.get("info"), Mapping) else {}
-        tensors = state.get("model_state_dict", state.get("state_dict", state))
-        if not isinstance(tensors, Mapping):
-            raise ConfigError(f"DNPU checkpoint {path}: its state dict is a {type(tensors).__name__}")
-        weights, biases = _linear_chain(tensors, path)
-        ranges = _info_ranges(info)
-        if voltage_min is None or voltage_max is None:
-            if ranges is None:
-                raise ConfigError(
-                    f"DNPU checkpoint {path} does not give electrode voltage ranges; pass voltage_min= and voltage_max="
-                )
-            voltage_min, voltage_max = ranges
-        if amplification is None:
-            amplification = _info_amplification(info)
+        try:
+            if not isinstance(state, Mapping):
+                raise ConfigError(f"DNPU checkpoint {path} holds a {type(state).__name__}, expected a state dict")
+            info = state.get("info") if isinstance(state.get("info"), Mapping) else {}
+            tensors = state.get("model_state_dict", state.get("state_dict", state))
+            if not isinstance(tensors, Mapping):
+                raise ConfigError(f"DNPU checkpoint {path}: its state dict is a {type(tensors).__name__}")
+            weights, biases = _linear_chain(tensors, path)
+            if voltage_min is None or voltage_max is None:
+                ranges = _info_ranges(info, path)
+                if ranges is None:
+                    raise ConfigError(
+                        f"DNPU checkpoint {path} does not give electrode voltage ranges; pass voltage_min= and voltage_max="
+                    )
+                voltage_min, voltage_max = ranges
             if amplification is None:
-                raise ConfigError(f"DNPU checkpoint {path} does not give the amplification; pass amplification=")
-        if activation is None:
-            activation = _find(info, ("model_structure", "activation")) or _find(info, ("smg_configs", "processor", "torch_model_dict", "activation")) or "relu"
+                amplification = _info_amplification(info, path)
+                if amplification is None:
+                    raise ConfigError(f"DNPU checkpoint {path} does not give the amplification; pass amplification=")
+            if activation is None:
+                activation = _first(info, ACTIVATION_PATHS) or "relu"
+            if not isinstance(activation, str):
+                raise ConfigError(f"DNPU checkpoint {path}: activation must be a name, got {type(activation).__name__}")
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError, RuntimeError, RecursionError) as exc:
+            raise ConfigError(f"DNPU checkpoint {path} is malformed: {type(exc).__name__}: {exc}") from exc
         kwargs.setdefault("name", path.stem)
-        return cls(weights, biases, voltage_min, voltage_max, amplification, activation=str(activation), **kwargs)
+        return _build(path, weights, biases, voltage_min, voltage_max, amplification, activation=activation, **kwargs)
 
     @classmethod
     def synthetic(cls, seed: int = 0, *, hidden: int = 24, **kwargs) -> "DNPU":
@@ -340,84 +389,6 @@ def _check_layers(weights: list[torch.Tensor], biases: list[torch.Tensor], name:
         width = w.shape[0]
     if width != 1:
         raise ConfigError(f"{name}: the last layer has {width} outputs; a DNPU surrogate has one output current")
-
-
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as first:
-        # brains-py info dicts often hold numpy arrays: allow exactly numpy's array reconstruction
-        allowed = _numpy_globals()
-        try:
-            with torch.serialization.safe_globals(allowed):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - report the original refusal too
-            raise ConfigError(
-                f"DNPU checkpoint {path} cannot be read as weights only (it holds objects other than tensors, "
-                f"numbers, strings, containers and numpy arrays): {first}"
-            ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"DNPU checkpoint {path} is corrupt or not a torch file: {exc}") from exc
-
-
-def _numpy_globals() -> list:
-    core = getattr(np, "_core", None) or np.core
-    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype]
-    allowed += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "int32", "bool")]
-    scalar = getattr(core.multiarray, "scalar", None)
-    if scalar is not None:
-        allowed.append(scalar)
-    return allowed
-
-
-_LAYER = re.compile(r"^(.*?)(\d+)\.(weight|bias)$")
-
-
-def _linear_chain(tensors: Mapping, path: Path) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    groups: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    for key, value in tensors.items():
-        m = _LAYER.match(str(key))
-        if m and isinstance(value, torch.Tensor):
-            groups.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = value
-    chains = {p: layers for p, layers in groups.items() if all("weight" in v and "bias" in v for v in layers.values())}
-    chains = {p: layers for p, layers in chains.items() if all(v["weight"].dim() == 2 for v in layers.values())}
-    if not chains:
-        raise ConfigError(f"DNPU checkpoint {path} has no linear layers named '<prefix><i>.weight' / '<prefix><i>.bias'")
-    prefix = max(chains, key=lambda p: len(chains[p]))
-    layers = chains[prefix]
-    order = sorted(layers)
-    return [layers[i]["weight"].float() for i in order], [layers[i]["bias"].float() for i in order]
-
-
-def _find(info: Mapping, keys: tuple[str, ...]):
-    node = info
-    for key in keys:
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-
-def _info_ranges(info: Mapping) -> tuple[list[float], list[float]] | None:
-    ranges = _find(info, ("electrode_info", "activation_electrodes", "voltage_ranges"))
-    if ranges is not None:
-        arr = np.asarray(ranges, dtype=np.float64).reshape(-1, 2)
-        return arr[:, 0].tolist(), arr[:, 1].tolist()
-    offset = _find(info, ("data_info", "input_data", "offset"))
-    amplitude = _find(info, ("data_info", "input_data", "amplitude"))
-    if offset is not None and amplitude is not None:
-        o, a = np.asarray(offset, dtype=np.float64).reshape(-1), np.asarray(amplitude, dtype=np.float64).reshape(-1)
-        return (o - a).tolist(), (o + a).tolist()
-    return None
-
-
-def _info_amplification(info: Mapping) -> float | None:
-    for keys in (("electrode_info", "output_electrodes", "amplification"), ("data_info", "processor", "driver", "amplification")):
-        value = _find(info, keys)
-        if value is not None:
-            return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
-    return None
 
 
 def time_domain_dnpu(

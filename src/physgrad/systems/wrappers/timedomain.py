@@ -116,6 +116,11 @@ class TimeDomainDevice(PhysicalSystem):
         Averaging time of a static measurement.
     seed:
         Seed of the noise generator.
+    electrode_bandwidth_hz:
+        Electrode-dependent dynamics: ``{name: cut-off}`` for a parameter (a number or one per
+        element) or ``"inputs"`` (one per input element); each such waveform passes its own
+        first-order low-pass before the device responds, so channels see different transfers
+        ``H_j(f) ≈ H_electrode,j(f) · H_chain(f)`` (the paper's devices; issue 11, §5).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class TimeDomainDevice(PhysicalSystem):
         settle_s: float | None = None,
         sample_s: float = 0.01,
         seed: int = 0,
+        electrode_bandwidth_hz: Mapping[str, object] | None = None,
     ) -> None:
         if isinstance(static, TimeDomainDevice):
             raise ConfigError("static is already a TimeDomainDevice; wrap the static device itself")
@@ -150,15 +156,15 @@ class TimeDomainDevice(PhysicalSystem):
             raise ConfigError(f"adc_step must be a finite number >= 0, got {adc_step!r}")
         self.static = static
         self.fs = float(fs)
-        self.bandwidth_hz = None if bandwidth_hz is None else float(bandwidth_hz)
-        self.delay_s = float(delay_s)
+        self._bandwidth_hz = None if bandwidth_hz is None else float(bandwidth_hz)
+        self._delay_s = float(delay_s)
         self.td_noise = noise or TimeDomainNoise()
         self.clip = None if clip is None else (float(clip[0]), float(clip[1]))
         self.adc_step = float(adc_step or 0.0)
         self.dac_ramp_s = float(dac_ramp_s)
-        tau = 0.0 if self.bandwidth_hz is None else 1.0 / (2 * math.pi * self.bandwidth_hz)
-        self.settle_s = float(self.delay_s + 7.0 * tau) if settle_s is None else float(settle_s)
-        if not (self.settle_s >= 0 and math.isfinite(self.settle_s)):
+        tau = 0.0 if self._bandwidth_hz is None else 1.0 / (2 * math.pi * self._bandwidth_hz)
+        self._settle_s = float(self._delay_s + 7.0 * tau) if settle_s is None else float(settle_s)
+        if not (self._settle_s >= 0 and math.isfinite(self._settle_s)):
             raise ConfigError(f"settle_s must be a finite number >= 0, got {settle_s!r}")
         self.sample_s = float(sample_s)
         super().__init__(
@@ -167,18 +173,80 @@ class TimeDomainDevice(PhysicalSystem):
             list(static.parameter_specs.values()),
             input_range=static.input_range,
             guard=static.guard,
-            seconds_per_query=self.dac_ramp_s + self.settle_s + self.sample_s,
+            seconds_per_query=self.dac_ramp_s + self._settle_s + self.sample_s,
             seed=seed,
         )
         self.differentiable = static.differentiable
-        self.clipped_samples = 0
+        self._electrode_bandwidth_hz = self._electrode_bandwidths(electrode_bandwidth_hz or {})
+        self._clipped_samples = 0
+        self._records: list[list[torch.Tensor]] = []
         self._last: dict[str, torch.Tensor] | None = None
         self._waveform_mode = False
 
+    # ----------------------------------------------------------------------------- simulator truth
+    # What the simulator knows and a lab does not (for tests, docs and benchmarks' oracles). No
+    # method reads these: HGE takes nominal values from its settings or measures them (issue 11, §2).
+    @property
+    def bandwidth_hz(self) -> float | None:
+        return self._bandwidth_hz
+
+    @property
+    def delay_s(self) -> float:
+        return self._delay_s
+
+    @property
+    def settle_s(self) -> float:
+        return self._settle_s
+
+    @property
+    def clipped_samples(self) -> int:
+        return self._clipped_samples
+
+    @property
+    def electrode_bandwidth_hz(self) -> dict[str, torch.Tensor]:
+        return self._electrode_bandwidth_hz
+
     # ----------------------------------------------------------------------------- declared
     @property
+    def identity(self) -> str:
+        """The wrapped device's identity (one device, whatever drives it); settable, e.g. to a lab's serial number."""
+        given = self.__dict__.get("_identity")
+        if given is not None:
+            return given
+        inner = getattr(self.static, "identity", type(self.static).__name__)
+        name = getattr(self.static, "name", None)
+        return f"TimeDomainDevice[{inner}{'' if name is None else ':' + str(name)}]"
+
+    @identity.setter
+    def identity(self, value: str) -> None:
+        self.__dict__["_identity"] = str(value)
+
+    def _electrode_bandwidths(self, spec: Mapping[str, object]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, value in spec.items():
+            shape = self.input_shape if name == "inputs" else (
+                self.parameter_specs[name].shape if name in self.parameter_specs else None)
+            if shape is None:
+                raise ConfigError(f"electrode_bandwidth_hz: unknown parameter {name!r}")
+            bw = torch.as_tensor(value, dtype=torch.float64).expand(tuple(shape)).clone()
+            if not bool((bw > 0).all() and (bw < self.fs / 2).all()):
+                raise ConfigError(f"electrode_bandwidth_hz[{name!r}] must lie in (0, fs/2), got {bw.tolist()}")
+            out[name] = bw
+        return out
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[list[torch.Tensor]]:
+        """Inside, every waveform's recorded samples ``[N, B, *out]`` (what the ADC read) are kept in a list."""
+        record: list[torch.Tensor] = []
+        self._records.append(record)
+        try:
+            yield record
+        finally:
+            self._records.remove(record)
+
+    @property
     def delay_samples(self) -> int:
-        return int(round(self.delay_s * self.fs))
+        return int(round(self._delay_s * self.fs))
 
     @property
     def ramp_samples(self) -> int:
@@ -192,8 +260,8 @@ class TimeDomainDevice(PhysicalSystem):
         freqs = torch.as_tensor(freqs, dtype=torch.float64)
         z = torch.exp(-2j * math.pi * freqs / self.fs)
         h = torch.ones_like(z)
-        if self.bandwidth_hz is not None:
-            alpha = 1.0 - math.exp(-2 * math.pi * self.bandwidth_hz / self.fs)
+        if self._bandwidth_hz is not None:
+            alpha = 1.0 - math.exp(-2 * math.pi * self._bandwidth_hz / self.fs)
             h = alpha / (1.0 - (1.0 - alpha) * z)
         return h * z ** self.delay_samples
 
@@ -210,13 +278,13 @@ class TimeDomainDevice(PhysicalSystem):
     def state_dict(self) -> dict:
         """The base counters plus the clipped-sample count and the last setting (where a DAC ramp starts)."""
         state = super().state_dict()
-        state["clipped_samples"] = self.clipped_samples
+        state["clipped_samples"] = self._clipped_samples
         state["last"] = None if self._last is None else {n: v.clone() for n, v in self._last.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.clipped_samples = int(state.get("clipped_samples", 0))
+        self._clipped_samples = int(state.get("clipped_samples", 0))
         last = state.get("last")
         self._last = None if last is None else {n: torch.as_tensor(v).clone() for n, v in last.items()}
 
@@ -283,12 +351,13 @@ class TimeDomainDevice(PhysicalSystem):
         params, inputs, k, b = self._checked(params, inputs)
         if k != n:
             raise ShapeError(f"control waveforms have different lengths ({k} vs {n})")
-        r = self.ramp_samples if self._last is not None else 0
+        r = self.ramp_samples
+        last = self._last if self._last is not None else self.initial_parameters()  # at power-up the DAC holds the defaults
         if r:
             frac = torch.arange(1, r + 1, dtype=torch.float64) / r
             ramped = {}
             for name, wave in params.items():
-                start = self._last[name].to(torch.float64)
+                start = last[name].to(torch.float64)
                 end = wave[0].to(torch.float64)
                 ramp = start + (end - start) * frac.reshape(-1, *([1] * start.dim()))
                 low, high = self.parameter_specs[name].bounds(wave.dtype)
@@ -297,7 +366,12 @@ class TimeDomainDevice(PhysicalSystem):
             params = ramped
             inputs = torch.cat([inputs[:1].expand(r, *inputs.shape[1:]), inputs])
         with torch.no_grad():
-            clean = self.static.response(params, inputs)
+            driven, driven_inputs = params, inputs
+            if self._electrode_bandwidth_hz:
+                driven = {k: self._electrode(k, v) for k, v in params.items()}
+                if "inputs" in self._electrode_bandwidth_hz:
+                    driven_inputs = self._electrode("inputs", inputs, batch_dims=1)
+            clean = self.static.response(driven, driven_inputs)
             self._expect_shape(clean, (n + r, b, *self.output_shape))
             signal = self._chain(clean.to(torch.float64))[r:]
             out = signal.to(clean.dtype)
@@ -306,7 +380,23 @@ class TimeDomainDevice(PhysicalSystem):
         self.samples += b
         self.device_seconds += b * (n + r) / self.fs
         self._expect_finite(out)
+        for record in self._records:
+            record.append(out.detach())
         return out.detach()
+
+    def _electrode(self, name: str, wave: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
+        """``wave [T, (B,) *shape]`` through each element's first-order low-pass (at rest at its first sample)."""
+        bw = self._electrode_bandwidth_hz.get(name)
+        if bw is None:
+            return wave
+        alpha = (1.0 - torch.exp(-2 * math.pi * bw / self.fs)).expand(wave.shape[1:]).reshape(-1).tolist()
+        x = wave.to(torch.float64).reshape(wave.shape[0], -1).numpy()
+        y = np.empty_like(x)
+        for m, a in enumerate(alpha):
+            b_coef, a_coef = np.array([a]), np.array([1.0, a - 1.0])
+            y[:, m], _ = lfilter(b_coef, a_coef, x[:, m], zi=lfilter_zi(b_coef, a_coef) * x[0, m])
+        y = torch.from_numpy(y).reshape(wave.shape)
+        return y.to(wave.dtype)
 
     # ----------------------------------------------------------------------------- the chain
     def _chain(self, u: torch.Tensor) -> torch.Tensor:
@@ -314,8 +404,8 @@ class TimeDomainDevice(PhysicalSystem):
         d = self.delay_samples
         if d:
             u = torch.cat([u[:1].expand(min(d, u.shape[0]), *u.shape[1:]), u[: max(u.shape[0] - d, 0)]])
-        if self.bandwidth_hz is not None:
-            alpha = 1.0 - math.exp(-2 * math.pi * self.bandwidth_hz / self.fs)
+        if self._bandwidth_hz is not None:
+            alpha = 1.0 - math.exp(-2 * math.pi * self._bandwidth_hz / self.fs)
             b_coef, a_coef = np.array([alpha]), np.array([1.0, alpha - 1.0])
             x = u.numpy()
             zi = lfilter_zi(b_coef, a_coef).reshape(1, *([1] * (x.ndim - 1))) * x[:1]  # at rest at u[0]
@@ -328,7 +418,7 @@ class TimeDomainDevice(PhysicalSystem):
     def _rail_and_round(self, y: torch.Tensor) -> torch.Tensor:
         if self.clip is not None:
             lo, hi = self.clip
-            self.clipped_samples += int(((y < lo) | (y > hi)).sum())
+            self._clipped_samples += int(((y < lo) | (y > hi)).sum())
             y = y.clamp(lo, hi)
         if self.adc_step:
             y = torch.round(y / self.adc_step) * self.adc_step
@@ -352,6 +442,6 @@ class TimeDomainDevice(PhysicalSystem):
 
     def __repr__(self) -> str:
         return (
-            f"TimeDomainDevice({type(self.static).__name__}, fs={self.fs:g} Hz, bandwidth={self.bandwidth_hz} Hz, "
-            f"delay={self.delay_s:g} s, noise={self.td_noise})"
+            f"TimeDomainDevice({type(self.static).__name__}, fs={self.fs:g} Hz, bandwidth={self._bandwidth_hz} Hz, "
+            f"delay={self._delay_s:g} s, noise={self.td_noise})"
         )
