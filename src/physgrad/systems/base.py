@@ -224,13 +224,6 @@ class PhysicalSystem(abc.ABC):
         """Everything measured on this device so far."""
         return Cost(self.queries, self.samples, self.device_seconds)
 
-    @property
-    def identity(self) -> str:
-        """Stable identity for keyed state (minimal shim; the contract branch provides the real one)."""
-        schema = repr((self.input_shape, self.output_shape,
-                       [(n, s.shape, s.unit) for n, s in self.parameter_specs.items()]))
-        return f"{type(self).__name__}:{hashlib.sha256(schema.encode()).hexdigest()[:12]}"
-
     def reset_counters(self) -> None:
         self.queries, self.samples, self.device_seconds = 0, 0, 0.0
 
