@@ -31,9 +31,6 @@ from physgrad.systems import HopfieldNetwork, RandomReservoir, time_domain_dnpu
 from physgrad.systems.base import ParameterSpec, PhysicalSystem
 
 EIGHT = ("pgt", "spsa", "es", "fd", "hge", "eqprop", "aeqprop", "backprop")
-# HGE's contract (pure ask, calibration probes, probes.answer) is the hge branch's work; until it is merged the
-# HGE cases are expected failures here (never skipped: they run and report).
-HGE_CONTRACT = hasattr(HGE, "needs_calibration")
 
 
 def small_options(name: str) -> dict:
@@ -48,11 +45,6 @@ def small_options(name: str) -> dict:
         "aeqprop": dict(beta=0.1, epsilon=1e-3, seed=3),
         "backprop": dict(seed=3),
     }[name]
-
-
-def contract_ready(name: str) -> None:
-    if name == "hge" and not HGE_CONTRACT:
-        pytest.xfail("HGE's pure ask and probes.answer arrive with the hge branch")
 
 
 class Counting:
@@ -175,7 +167,6 @@ def test_every_method_has_a_settable_carrier():
 # ------------------------------------------------------------------------------ the lab loop, every method
 @pytest.mark.parametrize("name", EIGHT)
 def test_the_same_lab_loop_trains_every_registered_method(name):
-    contract_ready(name)
     torch.manual_seed(0)
     kind = method_entry(name).kind
     device = device_for(kind)
@@ -206,7 +197,6 @@ def _model_for(kind: str, device):
 
 @pytest.mark.parametrize("name", EIGHT)
 def test_ask_tell_and_backward_give_the_same_estimate(name):
-    contract_ready(name)
     kind = method_entry(name).kind
     options = small_options(name)
     dev_a, dev_b = device_for(kind), device_for(kind)
@@ -262,7 +252,6 @@ TOUCH = ("measure", "simulate", "response", "measure_waveform", "relax", "set_pa
 
 @pytest.mark.parametrize("name", EIGHT)
 def test_ask_never_touches_the_device(name, monkeypatch):
-    contract_ready(name)
     kind = method_entry(name).kind
     device = device_for(kind)
     x, y = batch_for(kind, device)
@@ -351,7 +340,6 @@ def test_energy_probes_split_along_samples_only_while_parameters_are_held():
 # ------------------------------------------------------------------------------ cost == counted
 @pytest.mark.parametrize("name", EIGHT)
 def test_the_reported_cost_is_what_the_device_counted(name):
-    contract_ready(name)
     kind = method_entry(name).kind
     device = device_for(kind)
     if kind in ("static", "oracle"):
@@ -383,7 +371,6 @@ def test_backward_cost_is_counted_for_every_scope():
 # ------------------------------------------------------------------------------ one error policy
 @pytest.mark.parametrize("name", EIGHT)
 def test_a_non_finite_answer_is_a_measurement_error_in_every_method(name):
-    contract_ready(name)
     kind = method_entry(name).kind
     device = device_for(kind)
     x, y = batch_for(kind, device)

@@ -52,11 +52,14 @@ class MethodEntry:
     @property
     def options(self) -> dict[str, Any]:
         """Option name → default, read from the factory's signature (``None`` where an option has no default)."""
-        return {
+        options = {
             p.name: (None if p.default is inspect.Parameter.empty else p.default)
             for p in inspect.signature(self.factory).parameters.values()
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
+        # a factory taking **options names them in ``extra_options()`` (e.g. HGE's settings record)
+        extra = getattr(self.factory, "extra_options", None)
+        return options | (extra() if callable(extra) else {})
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Refuse option names the factory does not take, naming the ones it does."""

@@ -53,23 +53,26 @@ from .settings import DEFAULT_SETTLE_S, SETTING_NAMES, HGESettings
 Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _in_process(system, probes):
-    return probes.answer(system)
-
-
 class HGE(GradientMethod):
     """Homodyne gradient extraction (see module docstring).
 
-    ``HGE(window_s=0.1, *, settings=None, scope="global", seed=0, **options)``: every option is a
+    ``HGE(window_s=0.1, *, settings=None, scope="global", seed=0, carrier=None, **options)``: every option is a
     field of :class:`~physgrad.methods.hge.settings.HGESettings` (the old keyword arguments), given
     either one by one or as ``settings=``; options override the fields of ``settings``.
     """
 
     name = "hge"
+    kind = "waveform"
+
+    @staticmethod
+    def extra_options() -> dict:
+        """The settings a constructor keyword may set (name → default), for the method registry."""
+        defaults = HGESettings()
+        return {name: getattr(defaults, name) for name in SETTING_NAMES}
 
     def __init__(self, window_s: float | None = None, *, settings: HGESettings | None = None, scope: str = "global",
-                 seed: int = 0, **options) -> None:
-        super().__init__(scope, seed)
+                 seed: int = 0, carrier=None, **options) -> None:
+        super().__init__(scope, seed, carrier=carrier)
         unknown = sorted(set(options) - set(SETTING_NAMES))
         if unknown:
             raise ConfigError(f"HGE got unknown option(s) {unknown}; the settings are {list(SETTING_NAMES)}")
@@ -80,7 +83,6 @@ class HGE(GradientMethod):
             raise ConfigError("loss_signal=True demodulates the whole loss: it needs scope='global'")
         self.calibrations: dict[str, Calibration] = {}
         self.calibration_cost = Cost()
-        self.carrier = _in_process
         self._plans: dict[tuple, FrequencyPlan] = {}
 
     def __getattr__(self, name: str):
