@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
         p.add_argument("--latency", type=float, default=0.02, help="seconds per applied setting (default 0.02)")
         p.add_argument("--sizes", type=int, nargs="+", default=None, help="farm sizes (default 1 2 4 8 16; quick 1 2 8)")
         p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20; quick 2)")
-        p.add_argument("--steps", type=int, default=2, help="training steps per run (default 2)")
+        p.add_argument("--steps", type=int, default=None, help="training steps per run (default 2; quick 1)")
         p.add_argument("--pairs", type=int, default=64, help="± pairs per gradient (PGT-local; default 64)")
         p.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray on 127.0.0.1)")
 
@@ -159,7 +159,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads or 1)
     sizes = args.sizes or ([1, 2, 8] if args.quick else [1, 2, 4, 8, 16])
     rounds = args.rounds or (2 if args.quick else 20)
-    steps = args.steps
+    steps = args.steps or (1 if args.quick else 2)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
