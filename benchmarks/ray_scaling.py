@@ -12,7 +12,10 @@ one process, interleaved (in-process, N=1, N=2, ... then again), ``--rounds`` ro
 minima reported with the load average. Each run is the same short training (``--steps`` steps of
 PGT-local, ``--pairs`` ± pairs, one hybrid digital → device → digital network, Adam) from the same
 seed: the final parameters of every run are compared bit for bit. Throughput = device queries /
-wall time; parallel efficiency(N) = throughput(N) / (N · throughput(1)), both on the farm.
+wall time; parallel efficiency(N) = throughput(N) / (N · throughput(1)), both on the farm. The
+device time is fixed (a sleep), so load from other processes only adds time: the contract figures
+use each variant's minimum over the rounds (the farm's own cost); the medians (``*_median``) are
+what it cost on the machine as loaded.
 A last step on the farm at N = 2 kills one device's process mid-measurement: it must complete, with
 the same gradient as in process and the killed share counted.
 
@@ -151,15 +154,15 @@ def main(argv=None) -> dict:
         p.add_argument("--latency", type=float, default=0.02, help="seconds per applied setting (default 0.02)")
         p.add_argument("--sizes", type=int, nargs="+", default=None, help="farm sizes (default 1 2 4 8 16; quick 1 2 8)")
         p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 20; quick 2)")
-        p.add_argument("--steps", type=int, default=2, help="training steps per run (default 2)")
+        p.add_argument("--steps", type=int, default=None, help="training steps per run (default 2; quick 1)")
         p.add_argument("--pairs", type=int, default=64, help="± pairs per gradient (PGT-local; default 64)")
         p.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray on 127.0.0.1)")
 
     args = parse_args(__doc__.splitlines()[0], extra, argv)
     torch.set_num_threads(args.threads or 1)
     sizes = args.sizes or ([1, 2, 8] if args.quick else [1, 2, 4, 8, 16])
-    rounds = args.rounds or (2 if args.quick else 20)
-    steps = args.steps
+    rounds = args.rounds or (3 if args.quick else 20)
+    steps = args.steps or (1 if args.quick else 2)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -207,37 +210,49 @@ def main(argv=None) -> dict:
         if started:
             ray.shutdown()
 
+    # The device time is fixed (it sleeps), so other processes on a shared machine only ever add time:
+    # the minimum over the interleaved rounds is the farm's own cost (the contract figures), the
+    # median what it cost on this machine as loaded (``*_median``). Both are reported.
     med = {n: statistics.median(ts) for n, ts in times.items()}
+    best = {n: min(ts) for n, ts in times.items()}
     thr = {n: queries[n] / med[n] for n in times}
+    thr_best = {n: queries[n] / best[n] for n in times}
     identical = all(all(torch.equal(a, b) for a, b in zip(f, finals["in-process"])) for f in finals.values())
     figures = {
         "latency_s": args.latency, "pairs": args.pairs, "steps": steps, "rounds": rounds, "sizes": " ".join(map(str, sizes)),
         "queries_per_run": queries[sizes[0]], "farm_startup_s": startup,
-        "overhead_1": med[1] / med["in-process"] - 1,
+        "overhead_1": best[1] / best["in-process"] - 1,
+        "overhead_1_median": med[1] / med["in-process"] - 1,
         "identical_parameters": identical,
         "load_average_min": min(load), "load_average_max": max(load),
         "wall_in_process_s": med["in-process"],
         **killed, **cpu_figures,
     }
-    rows = [["in-process", "1", f"{med['in-process']:.3f}", f"{min(times['in-process']):.3f}",
-             f"{thr['in-process']:.1f}", "-", "-"]]
+    rows = [["in-process", "1", f"{med['in-process']:.3f}", f"{best['in-process']:.3f}",
+             f"{thr_best['in-process']:.1f}", "-", "-", "-"]]
     for n in sizes:
-        eff = thr[n] / (n * thr[1])
+        eff = thr_best[n] / (n * thr_best[1])
+        eff_med = thr[n] / (n * thr[1])
         figures[f"wall_{n}_s"] = med[n]
-        figures[f"throughput_{n}"] = thr[n]
+        figures[f"wall_{n}_min_s"] = best[n]
+        figures[f"throughput_{n}"] = thr_best[n]
+        figures[f"throughput_{n}_median"] = thr[n]
         figures[f"efficiency_{n}"] = eff
-        figures[f"speedup_{n}"] = med[1] / med[n]
-        rows.append([f"Ray farm", str(n), f"{med[n]:.3f}", f"{min(times[n]):.3f}", f"{thr[n]:.1f}",
-                     f"{med[1] / med[n]:.2f}", f"{eff:.2f}"])
+        figures[f"efficiency_{n}_median"] = eff_med
+        figures[f"speedup_{n}"] = best[1] / best[n]
+        rows.append(["Ray farm", str(n), f"{med[n]:.3f}", f"{best[n]:.3f}", f"{thr_best[n]:.1f}",
+                     f"{best[1] / best[n]:.2f}", f"{eff:.2f}", f"{eff_med:.2f}"])
     # per-probe overhead of the carrier (what the extrapolation uses): (farm N=1 - in-process) per query
-    figures["overhead_per_query_ms"] = 1e3 * (med[1] - med["in-process"]) / queries[1]
+    figures["overhead_per_query_ms"] = 1e3 * (best[1] - best["in-process"]) / queries[1]
+    figures["overhead_per_query_ms_median"] = 1e3 * (med[1] - med["in-process"]) / queries[1]
     figures["calls_per_run"] = steps * 2
 
     print(f"\nLatency-bound device ({args.latency * 1e3:g} ms per setting), PGT-local, {args.pairs} pairs, "
           f"{steps} steps, {rounds} interleaved rounds; load average {min(load):.1f}-{max(load):.1f}\n")
-    print(markdown_table(rows, ["carrier", "devices N", "wall median (s)", "wall min (s)", "queries/s",
-                                "speed-up vs N=1", "efficiency"]))
-    print(f"\noverhead of the Ray carrier at N=1: {100 * figures['overhead_1']:+.1f} % "
+    print(markdown_table(rows, ["carrier", "devices N", "wall median (s)", "wall min (s)", "queries/s (min)",
+                                "speed-up (min)", "efficiency (min)", "efficiency (median)"]))
+    print(f"\noverhead of the Ray carrier at N=1: {100 * figures['overhead_1']:+.1f} % by minima, "
+          f"{100 * figures['overhead_1_median']:+.1f} % by medians "
           f"({figures['overhead_per_query_ms']:.2f} ms per query); identical parameters at every N: {identical}; "
           f"killed actor step completed and counted: {killed['killed_actor_step_completed']} "
           f"({killed['killed_step_queries']} queries = {killed['killed_step_queries_without_kill']} + "
@@ -247,15 +262,17 @@ def main(argv=None) -> dict:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    a1.plot(sizes, [thr[n] for n in sizes], "o-", label="Ray farm")
-    a1.plot(sizes, [n * thr[1] for n in sizes], "k--", lw=0.8, label="ideal (N × N=1)")
-    a1.axhline(thr["in-process"], color="grey", lw=0.8, label="in process")
+    a1.plot(sizes, [thr_best[n] for n in sizes], "o-", label="Ray farm (min)")
+    a1.plot(sizes, [thr[n] for n in sizes], "s:", ms=4, label="Ray farm (median)")
+    a1.plot(sizes, [n * thr_best[1] for n in sizes], "k--", lw=0.8, label="ideal (N × N=1)")
+    a1.axhline(thr_best["in-process"], color="grey", lw=0.8, label="in process")
     a1.set_xscale("log", base=2)
     a1.set_yscale("log")
     a1.set_xlabel("devices N")
     a1.set_ylabel("device queries / s")
     a1.legend(fontsize=8)
-    a2.plot(sizes, [figures[f"efficiency_{n}"] for n in sizes], "o-")
+    a2.plot(sizes, [figures[f"efficiency_{n}"] for n in sizes], "o-", label="by minima")
+    a2.plot(sizes, [figures[f"efficiency_{n}_median"] for n in sizes], "s:", ms=4, label="by medians")
     a2.axhline(0.8, color="r", lw=0.8, ls=":", label="floor 0.8")
     a2.set_xscale("log", base=2)
     a2.set_ylim(0, 1.1)

@@ -348,6 +348,24 @@ def test_actor_dead_for_good_is_retired_and_its_share_measured_elsewhere():
             farm(dev, probes)
 
 
+def test_a_hung_device_is_retired_after_the_timeout_and_its_part_measured_elsewhere():
+    dev = RandomReservoir(**DEVICE)
+    method = make_method("pgt", num_pairs=2, delta=1e-2, scope="local")
+    probes = method.ask(dev.initial_parameters(), torch.randn(3, 6), bounds=dev.parameter_bounds(), system=dev)
+    expected = InProcess()(RandomReservoir(**DEVICE), probes)
+    kwargs = dict(DEVICE, seconds_per_setting=0.0)
+    with DeviceFarm(latency_reservoir, 2, device_kwargs=kwargs, timeout=5.0,
+                    per_device=lambda i: {"seconds_per_setting": 600.0 if i == 1 else 0.0}) as farm:
+        with pytest.warns(RuntimeWarning, match="no answer within 5 s"):
+            answers = farm(dev, probes)
+        assert torch.equal(answers, expected)
+        assert farm.live == [0]
+        assert farm.lost_cost == Cost(2, 6, 0.0)  # the hung device's part, charged as dispatched
+        assert farm.cost == Cost(6, 18, 0.0)
+    with pytest.raises(ConfigError, match="timeout"):
+        DeviceFarm(RESERVOIR, 1, timeout=0)
+
+
 def test_failed_part_everywhere_raises_measurement_error_and_counts():
     dev = RandomReservoir(**DEVICE)
     method = make_method("pgt", num_pairs=2, delta=1e-2, scope="local")

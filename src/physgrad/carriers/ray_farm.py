@@ -63,7 +63,8 @@ Faults
     restarts/retries). A device whose part fails with a :class:`~physgrad.errors.MeasurementError`
     (or whose actor is dead for good) gets a strike; the part is measured again on the next live
     device (counted); after ``max_failures`` consecutive strikes (or at once, when dead for good)
-    the device is retired with a warning and the farm goes on with the rest. When no device is
+    the device is retired with a warning and the farm goes on with the rest. With ``timeout``, a
+    device that does not answer in time is retired the same way (a hung instrument). When no device is
     left, or a part fails everywhere it was tried, the call raises ``MeasurementError`` (the
     trainer skips the step, as for any failed measurement).
 """
@@ -260,6 +261,9 @@ class DeviceFarm:
         Accept devices with different identities.
     init_kwargs:
         Extra arguments of ``ray.init`` when the farm starts Ray.
+    timeout:
+        Seconds to wait for a device's answer to its parts (``None``: no limit); a device that
+        does not answer in time is retired (its actor stopped) and its parts measured elsewhere.
     """
 
     def __init__(
@@ -279,6 +283,7 @@ class DeviceFarm:
         threads: int = 1,
         heterogeneous: bool = False,
         init_kwargs: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> None:
         if int(num_devices) != num_devices or num_devices < 1:
             raise ConfigError(f"num_devices must be a whole number >= 1, got {num_devices!r}")
@@ -286,6 +291,8 @@ class DeviceFarm:
             raise ConfigError(f"grain must be a whole number >= 1 or None, got {grain!r}")
         if noise_seed is not None and grain is None:
             raise ConfigError("noise_seed needs a fixed grain (the parts must not depend on the number of devices)")
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         if max_failures < 1:
             raise ConfigError(f"max_failures must be >= 1, got {max_failures!r}")
         try:
@@ -297,6 +304,7 @@ class DeviceFarm:
         self.grain = None if grain is None else int(grain)
         self.noise_seed = noise_seed
         self.max_failures = int(max_failures)
+        self.timeout = None if timeout is None else float(timeout)
         self.calls = 0
         self.cost = Cost()
         self.lost_cost = Cost()  # part of ``cost``: charged for parts whose device died mid-part
@@ -398,7 +406,12 @@ class DeviceFarm:
                 again: list[int] = []
                 for ref, (dev, idx) in refs.items():
                     try:
-                        out = ray.get(ref)
+                        out = ray.get(ref, timeout=self.timeout)
+                    except ray.exceptions.GetTimeoutError:
+                        restarted = True  # the hung part is charged as dispatched (the ledger)
+                        self._retire(dev, f"no answer within {self.timeout:g} s")
+                        again.extend(idx)
+                        continue
                     except ray.exceptions.RayActorError as e:
                         restarted = True
                         self._retire(dev, f"its actor died for good ({type(e).__name__})")
