@@ -39,6 +39,13 @@ from physgrad.systems.remote.protocol import MAGIC, PREFIX, decode, encode
 from physgrad.systems.remote.server import DeviceServer
 from physgrad.systems.wrappers.base import CommandAudit
 
+
+class RampableReservoir(RandomReservoir):
+    """The fuzzed device: a reservoir whose driver can apply ramp waypoints (so ramp limits can be honoured)."""
+
+    def apply_settings(self, settings) -> None:
+        pass
+
 from ._common import markdown_table, parse_args, plot_path, save_figure, write_json
 
 TOKEN = "fuzz-token-0123456789abcdef"
@@ -181,7 +188,7 @@ def _ask(sock: zmq.Socket, message: bytes, timeout_ms: int = 10_000) -> dict | N
 
 def fuzz(messages: int, seed: int = 0) -> tuple[dict, Counter]:
     torch.manual_seed(seed)
-    device = CommandAudit(RandomReservoir(INPUTS, NODES, seed=seed), max_step=MAX_STEP)
+    device = CommandAudit(RampableReservoir(INPUTS, NODES, seed=seed), max_step=MAX_STEP)
     server = DeviceServer(device, TOKEN, "tcp://127.0.0.1:*", max_step=MAX_STEP).start()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

@@ -162,7 +162,7 @@ def test_ramp_limits_are_enforced_by_the_server_and_followed_by_the_client(serve
     server = served(device, max_step={"bias": 0.1, "gain": 0.25})
     far = {"param.gain": torch.ones(1, 1), "param.bias": torch.full((1, 6), 1.5), "inputs": torch.zeros(1, 4)}
     head, _ = _raw_request(server.address, {"op": "measure"}, far)
-    assert head["ok"] is False and "exceeds the ramp limit 0.1" in head["message"] and not device.sequence
+    assert head["ok"] is False and "exceeds its ramp limit max_step=0.1" in head["message"] and not device.sequence
     with RemoteSystem(server.address, TOKEN) as remote:
         assert remote.max_step == {"bias": 0.1, "gain": 0.25}
         g = torch.Generator().manual_seed(0)

@@ -102,19 +102,46 @@ class RemoteSystem(PhysicalSystem):
         for p in device["parameters"]:
             name = p["name"]
             specs.append(ParameterSpec(name, tuple(p["shape"]), arrays[f"low.{name}"], arrays[f"high.{name}"],
-                                       default=arrays[f"default.{name}"], unit=p.get("unit", "")))
+                                       default=arrays[f"default.{name}"], unit=p.get("unit", ""),
+                                       max_step=p.get("max_step"), step_delay_s=float(p.get("step_delay_s", 0.0)),
+                                       settle_s=float(p.get("settle_s", 0.0))))
             if p.get("max_step") is not None:
                 steps[name] = float(p["max_step"])
         self.device_name = device["name"]
         self.max_step = steps
         self.limits = head["limits"]
         input_range = tuple(float(v) for v in arrays["input_range"]) if "input_range" in arrays else None
+        self._input_bounds = ((arrays["input_low"], arrays["input_high"]) if "input_low" in arrays and "input_high" in arrays
+                              else None)
         super().__init__(device["input_shape"], device["output_shape"], specs, input_range=input_range, guard=guard,
                          seconds_per_query=float(device["seconds_per_query"]), seed=seed)
         self.current = self._read_state()
 
     def __repr__(self) -> str:
         return f"RemoteSystem({self.device_name} at {self.address!r})"
+
+    checks_ramp_locally = False  # the client plans ramps per segment (below); the server enforces them
+
+    def apply_settings(self, settings: dict[str, torch.Tensor]) -> None:
+        """Ramp waypoints go to the server as one ``ramp`` command (it applies them with the declared delays)."""
+        self._with_retries(lambda: self._request("ramp", {f"param.{n}": torch.as_tensor(v).reshape(-1, *self.parameter_specs[n].shape).to(torch.float32)
+                                                          for n, v in settings.items()}))
+        self.current = {n: torch.as_tensor(v).reshape(-1, *self.parameter_specs[n].shape)[-1].to(torch.float32) for n, v in settings.items()}
+
+    def ramp_sleep(self, seconds: float) -> None:
+        """The server waits between waypoints; the client does not wait again."""
+
+    def input_bounds(self, dtype: torch.dtype = torch.float32):
+        """The per-element input limits the server published (it refuses inputs outside them)."""
+        if self._input_bounds is None:
+            return super().input_bounds(dtype)
+        return tuple(t.to(dtype) for t in self._input_bounds)
+
+    def guard_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        bounds = self.input_bounds(inputs.dtype)
+        if bounds is None or self._input_bounds is None:
+            return super().guard_inputs(inputs)
+        return self.guard("inputs", inputs, *bounds)
 
     # ------------------------------------------------------------------ device
     def response(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ import re
 import secrets
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -47,7 +48,7 @@ import torch
 import zmq
 
 from ...errors import ConfigError, PhysgradError, RangeError, ShapeError
-from ..base import PhysicalSystem
+from ..base import PhysicalSystem, check_command
 from .protocol import (
     OPS, VERSION, AuthenticationError, Limits, ProtocolError, decode, encode, error_reply,
 )
@@ -114,6 +115,15 @@ class DeviceServer:
         self._token = token.encode("utf-8")
         self.limits = limits
         self.max_step = _max_steps(system, getattr(system, "max_step", None) if max_step is None else max_step)
+        for n, spec in system.parameter_specs.items():  # the device's own limits hold whatever the server is told
+            if spec.max_step is not None:
+                self.max_step[n] = min(spec.max_step, self.max_step.get(n, math.inf))
+        if self.max_step and not system.can_ramp:
+            raise ConfigError(
+                f"ramp limits {self.max_step} cannot be honoured: {type(system).__name__} has no apply_settings(), so "
+                "ramp waypoints would never reach it. Implement apply_settings on the driver, or serve it without max_step"
+            )
+        self.specs = {n: replace(spec, max_step=self.max_step.get(n)) for n, spec in system.parameter_specs.items()}
         self.current = {n: v.to(DEVICE_DTYPE) for n, v in system.initial_parameters().items()}
         self.stats = {"requests": 0, "ok": 0, "errors": 0, "unauthorized": 0, "device_calls": 0}
         self._lock = threading.Lock()
@@ -255,18 +265,21 @@ class DeviceServer:
         if op == "ramp":
             settings = self._settings(arrays, allow_inputs=False)
             self._check_ramp(settings)
-            apply = getattr(self.system, "apply_settings", None)
-            if apply is not None:
-                self.stats["device_calls"] += 1
-                apply(settings)
-            self.current = {n: v[-1].clone() for n, v in settings.items()}
+            if not self.system.can_ramp:
+                raise RangeError(f"{type(self.system).__name__} cannot be ramped (no apply_settings); refused")
+            self.stats["device_calls"] += 1
+            try:
+                self.system.ramp(settings)  # waypoint by waypoint, with the declared step delay and settling time
+            finally:
+                self.current = {n: v.to(DEVICE_DTYPE).clone() for n, v in self.system.setting.items()}
             return encode({"id": request_id, "ok": True})
         return self._measure(request_id, arrays)
 
     def describe(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """The device's schema: shapes, parameters with safe ranges and ramp limits, server limits."""
         s = self.system
-        params = [{"name": n, "shape": list(spec.shape), "unit": spec.unit, "max_step": self.max_step.get(n)}
+        params = [{"name": n, "shape": list(spec.shape), "unit": spec.unit, "max_step": self.max_step.get(n),
+                   "step_delay_s": spec.step_delay_s, "settle_s": spec.settle_s}
                   for n, spec in s.parameter_specs.items()]
         arrays: dict[str, torch.Tensor] = {}
         for n, spec in s.parameter_specs.items():
@@ -275,6 +288,9 @@ class DeviceServer:
             arrays[f"default.{n}"] = spec.default_tensor(DEVICE_DTYPE)
         if s.input_range is not None:
             arrays["input_range"] = torch.tensor(s.input_range, dtype=torch.float64)
+        bounds = s.input_bounds(DEVICE_DTYPE)
+        if bounds is not None:  # per-element input limits: the server refuses inputs outside them
+            arrays["input_low"], arrays["input_high"] = bounds
         head = {
             "protocol": VERSION,
             "device": {"name": type(s).__name__, "input_shape": list(s.input_shape), "output_shape": list(s.output_shape),
@@ -299,29 +315,18 @@ class DeviceServer:
                 k = value.shape[0]
             elif value.shape[0] != k:
                 raise ShapeError(f"parameter {n!r} has {value.shape[0]} settings, others have {k}")
-            value = value.to(DEVICE_DTYPE)
-            if not torch.isfinite(value).all():
-                raise RangeError(f"parameter {n!r}: non-finite value(s); refused, nothing reached the device")
-            low, high = spec.bounds(DEVICE_DTYPE)
-            if ((value < low) | (value > high)).any():
-                raise RangeError(f"parameter {n!r}: value(s) outside the safe range; refused, nothing reached the device")
-            settings[n] = value
+            settings[n] = check_command(self.specs[n], value.to(DEVICE_DTYPE))  # finite, in range (refused, never clipped)
         if k is not None and not 1 <= k <= self.limits.max_probes:
             raise ShapeError(f"{k} settings in one command; the server accepts 1..{self.limits.max_probes}")
         return settings
 
     def _check_ramp(self, settings: dict[str, torch.Tensor]) -> None:
         """Refuse any step (from the current setting, then probe to probe) larger than ``max_step``."""
-        for n, step in self.max_step.items():
-            seq = torch.cat([self.current[n].unsqueeze(0), settings[n]]).double()
-            a, b = seq[:-1], seq[1:]
-            tol = torch.finfo(DEVICE_DTYPE).eps * (a.abs() + b.abs())
-            if ((b - a).abs() > step + tol).any():
-                worst = float((b - a).abs().max())
-                raise RangeError(
-                    f"parameter {n!r}: a step of {worst:.4g} exceeds the ramp limit {step:.4g} per command; "
-                    "refused, nothing reached the device (ramp with 'ramp' waypoints)"
-                )
+        for n in self.max_step:
+            try:
+                check_command(self.specs[n], settings[n], previous=self.current[n])
+            except RangeError as e:
+                raise RangeError(f"{e} (send 'ramp' waypoints first)") from None
 
     def _measure(self, request_id: int, arrays: dict[str, torch.Tensor]) -> bytes:
         s = self.system
@@ -341,10 +346,14 @@ class DeviceServer:
             raise ShapeError(f"the answer would need {reply_bytes} bytes, over the message limit; send fewer probes")
         if not torch.isfinite(inputs).all():
             raise RangeError("inputs: non-finite value(s); refused, nothing reached the device")
-        if s.input_range is not None:
-            lo, hi = s.input_range
-            if ((inputs < lo) | (inputs > hi)).any():
-                raise RangeError(f"inputs: value(s) outside the input range [{lo}, {hi}]; refused, nothing reached the device")
+        bounds = s.input_bounds(DEVICE_DTYPE)
+        if bounds is not None:
+            lo, hi = bounds
+            outside = (inputs < lo) | (inputs > hi)
+            if outside.any():
+                worst = float(torch.maximum(lo - inputs, inputs - hi).max())
+                raise RangeError(f"inputs: {int(outside.sum())} value(s) outside the input limits (worst by {worst:.4g}); "
+                                 "refused, never clipped; nothing reached the device")
         self._check_ramp(settings)
         self.stats["device_calls"] += 1
         try:
