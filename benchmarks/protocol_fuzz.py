@@ -36,6 +36,7 @@ import zmq
 
 from physgrad.systems import RandomReservoir
 from physgrad.systems.remote.protocol import MAGIC, PREFIX, decode, encode
+from physgrad.systems.remote.gate import plain_socket
 from physgrad.systems.remote.server import DeviceServer
 from physgrad.systems.wrappers.base import CommandAudit
 
@@ -191,9 +192,7 @@ def fuzz(messages: int, seed: int = 0) -> tuple[dict, Counter]:
     device = CommandAudit(RampableReservoir(INPUTS, NODES, seed=seed), max_step=MAX_STEP)
     server = DeviceServer(device, TOKEN, "tcp://127.0.0.1:*", max_step=MAX_STEP).start()
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(server.address)
+    sock = plain_socket(ctx, server.address, TOKEN)  # authenticated at the handshake; the fuzzing is in the messages
     fuzzer = Fuzzer(seed)
     outcomes: Counter = Counter()
     unanswered = 0
@@ -205,9 +204,7 @@ def fuzz(messages: int, seed: int = 0) -> tuple[dict, Counter]:
             if head is None:
                 unanswered += 1
                 sock.close()
-                sock = ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.connect(server.address)
+                sock = plain_socket(ctx, server.address, TOKEN)
                 outcomes[(kind, "no answer")] += 1
                 continue
             outcomes[(kind, "ok" if head.get("ok") else str(head.get("error")))] += 1
