@@ -173,13 +173,9 @@ def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool |
         resume: bool = True) -> list[dict]:
     """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there."""
     data, model, method, optimizer = build(cfg, data)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", cfg.to_dict())
-    trainer = Trainer(
+    trainer = Trainer(  # the trainer checks the config against a checkpoint, then writes config.json
         model, method, optimizer, batch_size=cfg.batch_size, seed=cfg.seed, out_dir=out_dir, progress=progress,
-        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+        log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every, config=cfg.to_dict(),
     )
     return trainer.fit(data, cfg.epochs, resume=resume)
 

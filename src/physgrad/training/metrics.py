@@ -30,8 +30,12 @@ class MetricsLog:
         """Drop everything after ``offset`` bytes (records written after the checkpoint)."""
         if self.path is None:
             return
-        if not self.path.exists():
-            self.path.touch()
+        if offset <= 0:  # nothing kept: no file (a run that fails before its first record leaves none)
+            self.path.unlink(missing_ok=True)
+            self.records = []
+            return
+        if not self.path.exists() or offset > self.path.stat().st_size:
+            raise ValueError(f"metrics offset {offset} lies beyond the end of {self.path}")
         with open(self.path, "r+b") as f:
             f.truncate(offset)
         self.records = read_metrics(self.path)
