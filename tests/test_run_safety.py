@@ -148,3 +148,28 @@ def test_a_hung_device_call_stops_the_run_and_endless_failures_give_up(digits, t
 
     with pytest.raises(DeviceGaveUpError, match="give_up_s"):
         make(None, fail, give_up_s=0.05, max_consecutive_skips=1000).fit(digits, 1)
+
+
+def test_resilient_flags_drift_with_reanchored_probes():
+    from physgrad.systems.wrappers.faults import FaultInjector
+    from physgrad.systems.wrappers.resilient import DriftError, Resilient
+    from physgrad.systems.noise import MeasurementNoise
+
+    def device(drift):
+        inner = RandomReservoir(8, 16, seed=0, noise=MeasurementNoise(additive=0.001))
+        return Resilient(FaultInjector(inner, drift=drift, drift_scale=0.05, seed=2), drift_every=5, backoff=0.0)
+
+    params = {"gain": torch.ones(4, 1), "bias": torch.zeros(4, 16)}
+    x = torch.rand(3, 8, generator=torch.Generator().manual_seed(0))
+    calm, drifting = device(0.0), device(0.2)
+    for _ in range(100):
+        calm.measure(params, x)
+        drifting.measure(params, x)
+    assert calm.events["drift"] == 0 and calm.events["drift_checks"] == 19
+    assert drifting.events["drift"] >= 3  # the injected random-walk steps (σ 0.05) are flagged
+    faulty = FaultInjector(RandomReservoir(8, 16, seed=0), drift_scale=0.05, seed=2)
+    strict = Resilient(faulty, drift_every=1, on_drift="raise", backoff=0.0)
+    strict.measure(params, x)
+    faulty.rates["drift"] = 1.0
+    with pytest.raises(DriftError):
+        strict.measure(params, x)
