@@ -29,6 +29,7 @@ from ..systems.noise import MeasurementNoise
 from ..systems.devices.reservoir import RandomReservoir
 from ..systems.devices.ring import AutoOscillationRing
 from ..training.trainer import Trainer
+from .limits import check_limits
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 
@@ -118,6 +119,7 @@ class TrainConfig:
             }[kind]
             if not ok and not (value is None and "None" in f.type):
                 raise ConfigError(f"config key {f.name!r} must be {f.type}, got {value!r}")
+        check_limits(self)  # every field's bounds, named (experiments/limits.py)
         choices = {"method": METHODS, "scope": SCOPES, "dataset": DATASETS, "optimizer": tuple(OPTIMIZERS),
                    "reservoir": tuple(RESERVOIRS)}
         for key, allowed in choices.items():
