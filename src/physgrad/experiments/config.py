@@ -104,8 +104,10 @@ class TrainConfig:
                 data = json.load(f)
         except FileNotFoundError as e:
             raise ConfigError(f"config file {path} not found") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, RecursionError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
         return cls.from_dict(data)
 
     def validate(self) -> None:

@@ -80,7 +80,7 @@ class Limits:
     max_work: int = 2**26
     queue_per_connection: int = 4
     max_unread_replies: int = 4
-    max_connections: int = 256
+    max_connections: int = 4096
     heartbeat_s: float = 5.0
     handshake_s: float = 2.0
     reply_cache_bytes: int = 32 * 2**20

@@ -173,6 +173,7 @@ class DeviceServer:
             self._socket.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
         else:
             self._socket.setsockopt(zmq.PLAIN_SERVER, 1)
+        _raise_file_limit(limits.max_connections + 256)
         self.gate = Gate(self._context, self._socket, token=None if curve else self._token,
                          client_keys=load_public_keys(client_keys) if curve else None, max_connections=limits.max_connections)
         self.gate.start()
@@ -460,6 +461,19 @@ class DeviceServer:
             if settings:
                 self.current = {n: v[-1].clone() for n, v in settings.items()}
         return encode({"id": request_id, "ok": True, "queries": k, "samples": k * b}, {"outputs": out.to(DEVICE_DTYPE)})
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Let this process hold ``wanted`` open files (connections), as far as the hard limit allows."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _work_per_sample(system: PhysicalSystem) -> int:
