@@ -38,6 +38,10 @@ current setting (its defaults at start) and refuses any command whose settings, 
 order, move a parameter further than its ``max_step`` in one step; the client inserts ``ramp``
 waypoints (:class:`~physgrad.systems.remote.client.RemoteSystem`). After a failed ``measure`` the device
 is assumed to be at the command's last setting (drivers apply probes in order).
+
+(Length: the serving loop, the request checks and the ``physgrad serve`` command line stay in one
+module so that every check a command passes reads top to bottom in one place; authentication
+and keys live in :mod:`.gate`.)
 """
 
 from __future__ import annotations
