@@ -214,8 +214,16 @@ def test_device_errors_are_reported_not_fatal(served):
     assert _raw_request(server.address, {"op": "ping"})[0]["ok"] is True
 
 
+class Slow(SystemWrapper):
+    """10 ms per measurement: a flood of them takes long enough to be overtaken."""
+
+    def measure(self, params, inputs):
+        time.sleep(0.01)
+        return self.inner.measure(params, inputs)
+
+
 def test_a_flooding_client_neither_crashes_nor_starves_the_server(served):
-    server = served(RandomReservoir(32, 256, seed=0))
+    server = served(Slow(RandomReservoir(32, 256, seed=0)))
     ctx = zmq.Context.instance()
     flood = plain_socket(ctx, server.address, TOKEN)
     heavy = encode({"id": 5, "op": "measure", "token": TOKEN},

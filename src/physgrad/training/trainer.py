@@ -298,7 +298,13 @@ class Trainer:
             threads = torch.get_num_threads()
             self._worker = concurrent.futures.ThreadPoolExecutor(1, "physgrad-device-call",
                                                                  initializer=torch.set_num_threads, initargs=(threads,))
-        future = self._worker.submit(fn, *args)
+        grad = torch.is_grad_enabled()  # grad mode is per thread: carry the caller's (evaluate runs under no_grad)
+
+        def call():
+            with torch.set_grad_enabled(grad):
+                return fn(*args)
+
+        future = self._worker.submit(call)
         try:
             return future.result(timeout=self.watchdog_s)
         except concurrent.futures.TimeoutError:
