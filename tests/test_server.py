@@ -239,11 +239,13 @@ def test_a_flooding_client_neither_crashes_nor_starves_the_server(served):
     assert head["ok"] is True
     assert before < n_flood and served_meanwhile < n_flood - before  # answered before the flood was done
     answers = 0
-    while flood.poll(20000) and answers < n_flood + 1:
+    while flood.poll(3000) and answers < n_flood + 1:
         flood.recv()
         answers += 1
     flood.close()
-    assert answers == n_flood + 1  # every message got an answer (a result or an error)
+    # every message got an answer (a result or an error), except replies dropped because the client
+    # did not read them while it flooded (bounded unread replies: counted, never queued without end)
+    assert answers + server.stats["dropped_replies"] == n_flood + 1
     assert server.stats["errors"] >= n_flood // 2 + 1
 
 
