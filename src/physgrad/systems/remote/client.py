@@ -37,7 +37,7 @@ import zmq
 import zmq.auth as zmq_auth
 
 from ...errors import ConfigError, MeasurementError, RangeError, ShapeError
-from ..base import ParameterSpec, PhysicalSystem
+from ..base import RAMP_MARGIN, ParameterSpec, PhysicalSystem, ramp_waypoints
 from ..wrappers.faults import TRANSIENT, DeviceDisconnectedError, DeviceTimeoutError, backoff_delay
 from .gate import PLAIN_USER, load_key_pair
 from .protocol import VERSION, AuthenticationError, BudgetError, ProtocolError, decode, encode
@@ -52,7 +52,6 @@ ERRORS = {
 }
 HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-RAMP_MARGIN = 1e-5  # plan ramp steps this much (relative) below the limit, for float32 rounding
 
 
 class RemoteSystem(PhysicalSystem):
@@ -217,25 +216,18 @@ class RemoteSystem(PhysicalSystem):
         return out
 
     def _ramp_to(self, target: dict[str, torch.Tensor]) -> None:
-        """Send waypoints so that no parameter moves more than its ``max_step`` per command."""
-        n_steps = 1
-        for n, step in self.max_step.items():
-            distance = float((target[n].double() - self.current[n].double()).abs().max()) if target[n].numel() else 0.0
-            n_steps = max(n_steps, math.ceil(distance / (step * (1 - RAMP_MARGIN))))
-        if n_steps <= 1:
+        """Send waypoints so that no parameter moves more than its ``max_step`` per command (the target comes with the measure)."""
+        waypoints = ramp_waypoints(self.parameter_specs, self.current, target)
+        w = next(iter(waypoints.values())).shape[0] if waypoints else 1
+        if w <= 1:
             return
-        fractions = torch.arange(1, n_steps, dtype=torch.float64) / n_steps  # the target itself comes with the measure
         cap = int(self.limits["max_probes"])
-        for start in range(0, n_steps - 1, cap):
-            f = fractions[start : start + cap]
-            waypoints = {}
-            for n in target:
-                a, b = self.current[n].double(), target[n].double()
-                waypoints[n] = (a + f.reshape(-1, *([1] * a.dim())) * (b - a)).to(torch.float32)
-            self._request("ramp", {f"param.{n}": v for n, v in waypoints.items()})
+        for start in range(0, w - 1, cap):
+            chunk = {n: v[start : min(start + cap, w - 1)].to(torch.float32) for n, v in waypoints.items()}
+            self._request("ramp", {f"param.{n}": v for n, v in chunk.items()})
             self.ramp_commands += 1
-            self.current = {n: v[-1].clone() for n, v in waypoints.items()}
-        log.debug("ramped in %d step(s)", n_steps)
+            self.current = {n: v[-1].clone() for n, v in chunk.items()}
+        log.debug("ramped in %d step(s)", w)
 
     # ------------------------------------------------------------------ transport
     def _read_state(self) -> dict[str, torch.Tensor]:
