@@ -539,7 +539,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="write the figures as one JSON object")
     args = parser.parse_args(argv)
     import logging
+    import warnings
 
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the malicious pickle's protocol
     logging.disable(logging.WARNING)  # the attacks provoke thousands of (correct) warnings
     try:
         figures = run_suite(args.quick)

@@ -92,7 +92,10 @@ def config_hash(config: Mapping) -> str:
 
 def resume_command() -> str:
     """The command line of this process without ``--no-resume``: what continues the run."""
-    argv = [os.path.basename(sys.argv[0]) or "physgrad", *[a for a in sys.argv[1:] if a != "--no-resume"]]
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "physgrad"
+    if program in ("cli.py", "__main__.py", "-c", ""):  # python -m physgrad.cli ...: the console script's name
+        program = "physgrad"
+    argv = [program, *[a for a in sys.argv[1:] if a != "--no-resume"]]
     return " ".join(shlex.quote(a) for a in argv)
 
 

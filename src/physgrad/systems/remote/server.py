@@ -101,16 +101,22 @@ class DeviceServer:
     system:
         The device (a lab's driver subclassing ``PhysicalSystem``, or a simulator).
     token:
-        The shared secret (at least 16 characters).
+        The shared secret (:func:`.gate.check_token`: at least 20 characters, not repetitive).
     address:
         ZeroMQ endpoint; ``tcp://127.0.0.1:*`` picks a free port (see :attr:`address`).
     max_step:
-        Ramp limit per parameter (``{name: step}``) or one for all; default: the system's own
-        ``max_step`` attribute if it has one, else none.
+        Ramp limit per parameter (``{name: step}``) or one for all; it can only tighten the limits
+        the device's ``ParameterSpec`` declares. Default: the system's own ``max_step`` attribute
+        if it has one, else the specs' limits. Refused (:class:`ConfigError`) if the device has
+        no ``apply_settings``.
     limits:
-        Message limits (:class:`~physgrad.systems.remote.protocol.Limits`).
+        Message and resource limits (:class:`~physgrad.systems.remote.protocol.Limits`).
     allow_remote:
-        Permit a non-loopback address.
+        Permit a non-loopback address (then ``server_key`` and ``client_keys`` are required).
+    server_key, client_keys:
+        CURVE: the server's key pair (a ``NAME.key_secret`` file or ``(public, secret)``) and the
+        authorised clients' public keys (a folder of ``*.key`` files or a list); without them a
+        loopback server authenticates clients by the token at the handshake (PLAIN).
     """
 
     def __init__(
