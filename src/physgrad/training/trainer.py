@@ -31,6 +31,10 @@ Runs cannot be mislabelled or lost (issue 12):
   checkpoint). Failing steps are skipped, but after ``give_up_s`` (default 600 s) of nothing but
   failures the run stops. Worst case before the run gives up: ``give_up_s`` plus one step's own
   limit (``watchdog_s``), i.e. 15 minutes at the defaults.
+
+(Length: the loop and everything that guards it — checkpoints, config checks, signals, the
+watchdog, the work ledger — share the trainer's state, so they stay in one module for now; a later
+split would move the guards into a ``training/safety.py`` mixin.)
 """
 
 from __future__ import annotations
