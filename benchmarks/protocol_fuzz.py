@@ -36,8 +36,16 @@ import zmq
 
 from physgrad.systems import RandomReservoir
 from physgrad.systems.remote.protocol import MAGIC, PREFIX, decode, encode
+from physgrad.systems.remote.gate import plain_socket
 from physgrad.systems.remote.server import DeviceServer
 from physgrad.systems.wrappers.base import CommandAudit
+
+
+class RampableReservoir(RandomReservoir):
+    """The fuzzed device: a reservoir whose driver can apply ramp waypoints (so ramp limits can be honoured)."""
+
+    def apply_settings(self, settings) -> None:
+        pass
 
 from ._common import markdown_table, parse_args, plot_path, save_figure, write_json
 
@@ -181,12 +189,10 @@ def _ask(sock: zmq.Socket, message: bytes, timeout_ms: int = 10_000) -> dict | N
 
 def fuzz(messages: int, seed: int = 0) -> tuple[dict, Counter]:
     torch.manual_seed(seed)
-    device = CommandAudit(RandomReservoir(INPUTS, NODES, seed=seed), max_step=MAX_STEP)
+    device = CommandAudit(RampableReservoir(INPUTS, NODES, seed=seed), max_step=MAX_STEP)
     server = DeviceServer(device, TOKEN, "tcp://127.0.0.1:*", max_step=MAX_STEP).start()
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(server.address)
+    sock = plain_socket(ctx, server.address, TOKEN)  # authenticated at the handshake; the fuzzing is in the messages
     fuzzer = Fuzzer(seed)
     outcomes: Counter = Counter()
     unanswered = 0
@@ -198,9 +204,7 @@ def fuzz(messages: int, seed: int = 0) -> tuple[dict, Counter]:
             if head is None:
                 unanswered += 1
                 sock.close()
-                sock = ctx.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.connect(server.address)
+                sock = plain_socket(ctx, server.address, TOKEN)
                 outcomes[(kind, "no answer")] += 1
                 continue
             outcomes[(kind, "ok" if head.get("ok") else str(head.get("error")))] += 1

@@ -1,5 +1,6 @@
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def test_unknown_names_give_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+    (["--lr", "-1"], "--lr must be > 0.0 and <= 10.0, got -1.0"),
     (["--delta", "0"], "--delta must be > 0"),
     (["--method", "hge", "--method-options", '{"window": 1}'], "method 'hge' has no option(s) ['window']; its options are"),
     (["--method", "hge", "--method-options", '{"window_s": -1}'], "window_s must be a finite number > 0"),
@@ -91,7 +92,7 @@ def _free_port() -> int:
 def test_serve_a_user_device_and_train_it_over_tcp(tmp_path, capsys):
     """``physgrad serve --device tests._user_device:Rig`` in a subprocess, ``physgrad train --device tcp://...`` here."""
     token = tmp_path / "token"
-    token.write_text("test-token-" + "x" * 20)
+    token.write_text(secrets.token_urlsafe(32))  # the server refuses short or repetitive tokens
     token.chmod(0o600)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -77,7 +77,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "src" / "physgrad" / "experim
     ({"method": "hge", "method_options": {"window_s": 0}}, "window_s must be a finite number > 0"),
     ({"method_options": [1]}, "'method_options' must be dict"),
     ({"device_args": "big"}, "'device_args' must be dict"),
-    ({"lr": -1}, "config key 'lr' must be > 0, got -1"),
+    ({"lr": -1}, r"config key 'lr' must be > 0.* got -1"),
     ({"model": "cathedral"}, "config key 'model': unknown value 'cathedral'; choose one of"),
     ({"train_samples": 0}, "'train_samples' must be >= 1"),
 ])

@@ -47,7 +47,7 @@ def test_idx_loader_reads_a_given_folder(tmp_path, compress):
 
 def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with pytest.raises(DataNotFoundError, match="mnist IDX files not found.*root=DIR"):
+    with pytest.raises(DataNotFoundError, match="mnist IDX files not found.*--data-root DIR"):
         load_dataset("mnist", root=tmp_path / "nowhere", download=False)
 
 

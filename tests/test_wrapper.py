@@ -37,7 +37,7 @@ def test_the_audit_counts_violations_before_any_guard_and_changes_nothing():
     nan = {"gain": torch.ones(1, 1), "bias": torch.full((1, 6), float("nan"))}
     assert "non-finite" in audit.check(nan, torch.zeros(1, 4))
     strict = CommandAudit(RandomReservoir(4, 6), refuse=True)
-    with pytest.raises(RangeError, match="outside its safe range by 0.5"):
+    with pytest.raises(RangeError, match="outside the safe range \\(worst by 0.5\\)"):
         strict.measure(bad, torch.zeros(3, 4))
 
 
@@ -46,5 +46,6 @@ def test_the_audit_checks_ramp_limits_in_probe_order():
     steps = torch.tensor([[0.05, 0.0], [0.15, 0.0], [0.2, -0.05]])
     audit.measure({"gain": torch.ones(3, 1), "bias": steps}, torch.zeros(1, 4))
     assert audit.violations == 0
-    audit.apply_settings({"gain": torch.ones(1, 1), "bias": torch.tensor([[0.5, 0.0]])})  # a jump of 0.3
+    with pytest.raises(RangeError, match="no apply_settings"):  # audited, then refused by a device that cannot ramp
+        audit.apply_settings({"gain": torch.ones(1, 1), "bias": torch.tensor([[0.5, 0.0]])})  # a jump of 0.3
     assert audit.violations == 1 and audit.commands == 2

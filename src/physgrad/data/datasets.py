@@ -142,9 +142,12 @@ def _idx_dataset(name: str, root, download: bool) -> Dataset:
     if found is None:
         where = ", ".join(str(d) for d in _candidates(name, root))
         raise DataNotFoundError(
-            f"{name} IDX files not found (looked in {where}). Install the Debian package "
-            f"'dataset-{name}' if it exists (apt-get install dataset-fashion-mnist), pass root=DIR holding "
-            f"{', '.join(IDX_FILES)} (optionally .gz), or allow download=True on a machine that is online."
+            f"{name} IDX files not found (looked in {where}). "
+            + ("Install them with: apt-get install dataset-fashion-mnist; or " if name == "fashion-mnist"
+               else "(Debian has no package for it.) ")
+            + f"put {', '.join(IDX_FILES)} (optionally .gz) in a folder and give it with --data-root DIR (or "
+            f"$PHYSGRAD_DATA/{name}); on a machine that is online, physgrad can fetch them into ~/.cache/physgrad/{name}: "
+            f"python -c \"from physgrad.data import load_dataset; load_dataset('{name}', download=True)\"."
         )
     xtr, ytr, xte, yte = (read_idx(p) for p in found)
     to_x = lambda a: torch.from_numpy(a.reshape(a.shape[0], -1).astype(np.float32) / 255.0)  # noqa: E731

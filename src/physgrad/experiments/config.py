@@ -25,6 +25,7 @@ from ..methods.registry import make_method, method_entry, method_names
 from ..systems.base import PhysicalSystem
 from ..systems.registry import accepts, is_builtin, make_device
 from ..training.trainer import Trainer
+from .limits import check_limits
 from .tasks import DATASETS, MODELS, build_model, load_task
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,10 @@ class TrainConfig:
                 data = json.load(f)
         except FileNotFoundError as e:
             raise ConfigError(f"config file {path} not found") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        except (json.JSONDecodeError, RecursionError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
         if isinstance(data, dict):
             data = {**data, **overrides}
         try:
@@ -115,6 +118,7 @@ class TrainConfig:
             }[kind]
             if not ok and not (value is None and "None" in f.type):
                 raise ConfigError(f"config key {f.name!r} must be {f.type}, got {value!r}")
+        check_limits(self)  # every field's bounds, named (experiments/limits.py)
         choices = {"method": method_names(), "scope": SCOPES, "optimizer": tuple(OPTIMIZERS), "reservoir": tuple(RESERVOIRS)}
         if self.dataset is not None:
             choices["dataset"] = DATASETS
@@ -331,13 +335,10 @@ def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool |
     data, model, method, optimizer = build(cfg, data, device)
     if carrier is not None:
         method.carrier = carrier
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", cfg.to_dict())
-    trainer = Trainer(
+    trainer = Trainer(  # the trainer checks the config against a checkpoint, then writes config.json
         model, method, optimizer, loss_fn=loss_function(model), batch_size=cfg.batch_size, seed=cfg.seed,
         out_dir=out_dir, progress=progress, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+        config=cfg.to_dict(),
     )
     try:
         return trainer.fit(data, cfg.epochs, resume=resume)

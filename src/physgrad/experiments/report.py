@@ -57,7 +57,12 @@ def make_report(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -
         raise ConfigError("report needs at least one run folder")
     rows = [load_run(d) for d in run_dirs]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write the report to {out}: {e.strerror or e}") from None
     fig, (ax_epoch, ax_queries) = plt.subplots(1, 2, figsize=(11, 4))
     for label, _, epochs in rows:
         acc = [100 * r["test_accuracy"] for r in epochs]

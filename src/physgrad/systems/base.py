@@ -21,8 +21,9 @@ import abc
 import hashlib
 import logging
 import math
+import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -34,6 +35,8 @@ from .noise import MeasurementNoise
 log = logging.getLogger(__name__)
 
 Bound = float | torch.Tensor
+MAX_WAIT_S = 3600.0  # longest step delay or settling time a spec may declare
+RAMP_MARGIN = 1e-5  # ramps are planned this much (relative) below the limit, for float32 rounding
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,14 @@ class ParameterSpec:
     """One controllable parameter of a device.
 
     ``low``/``high`` are the safe range, a number or a tensor broadcastable to ``shape`` (per
-    element bounds); ``default`` is the setting a fresh device starts from. ``max_step`` is the
-    largest allowed change of any element between two consecutive applied settings (``None``: no
-    ramp limit), ``step_delay_s`` the wait between ramp waypoints, ``settle_s`` the wait after setting.
+    element bounds); ``default`` is the setting a fresh device starts from.
+
+    Ramp limits (keyword-only): ``max_step`` is the largest allowed change of any element between
+    two consecutive applied settings (``None``: no ramp limit); ``step_delay_s`` the wait between
+    two ramp waypoints; ``settle_s`` the wait after a ramp reaches its target. A device that
+    declares ``max_step`` must implement :meth:`PhysicalSystem.apply_settings` (the hook through
+    which ramp waypoints reach it): otherwise it is refused when constructed, because a limit the
+    driver cannot honour is no limit. :func:`check_command` enforces all of it.
     """
 
     name: str
@@ -52,12 +60,22 @@ class ParameterSpec:
     high: Bound = math.inf
     default: torch.Tensor | float = 0.0
     unit: str = ""
+    _: KW_ONLY
     max_step: float | None = None
     step_delay_s: float = 0.0
     settle_s: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.max_step is not None:
+            if isinstance(self.max_step, bool) or not (isinstance(self.max_step, (int, float)) and 0 < self.max_step < math.inf):
+                raise ValueError(f"parameter {self.name!r}: max_step must be a finite number > 0 or None, got {self.max_step!r}")
+            object.__setattr__(self, "max_step", float(self.max_step))
+        for key in ("step_delay_s", "settle_s"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and 0 <= v <= MAX_WAIT_S):
+                raise ValueError(f"parameter {self.name!r}: {key} must be a number of seconds in [0, {MAX_WAIT_S:g}], got {v!r}")
+            object.__setattr__(self, key, float(v))
         low, high = self.bounds()
         if torch.isnan(low).any() or torch.isnan(high).any() or (low > high).any():
             raise ValueError(f"parameter {self.name!r}: safe range low={self.low} high={self.high} is not a range")
@@ -77,6 +95,71 @@ class ParameterSpec:
 
     def default_tensor(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.as_tensor(self.default, dtype=dtype).expand(self.shape).clone()
+
+
+def check_command(spec: ParameterSpec, value, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """The one check every command passes before it may reach a device; returns ``value`` as a tensor.
+
+    ``value`` is one setting (``spec.shape``) or ``K`` settings applied in order (``[K, *shape]``).
+    Refuses (never clips): a wrong shape (:class:`ShapeError`), a NaN/inf or a value outside
+    ``[low, high]`` (:class:`RangeError`) and, given ``previous`` (the setting the device holds
+    now) and a declared ``max_step``, any step — from ``previous`` to the first setting, then
+    setting to setting — larger than ``max_step`` (:class:`RangeError`; up to float32 rounding).
+    Every message names the parameter. The guard, :class:`CommandAudit`, the device server and
+    the remote client all call this function.
+    """
+    value = torch.as_tensor(value)  # not detached: simulate() differentiates through the setting
+    shape = tuple(value.shape)
+    if shape != spec.shape and shape[1:] != spec.shape:
+        raise ShapeError(f"parameter {spec.name!r}: expected shape {spec.shape} or [K, *{spec.shape}], got {shape}")
+    if not value.is_floating_point():
+        value = value.to(torch.float64)
+    v = value.detach()
+    if not torch.isfinite(v).all():
+        bad = int((~torch.isfinite(v)).sum())
+        raise RangeError(f"parameter {spec.name!r}: {bad} non-finite value(s) (NaN/inf) refused; nothing was sent to the device")
+    low, high = spec.bounds(v.dtype)
+    outside = (v < low) | (v > high)
+    if outside.any():
+        worst = float(torch.maximum(low - v, v - high).max())
+        raise RangeError(
+            f"parameter {spec.name!r}: {int(outside.sum())} value(s) outside the safe range (worst by {worst:.4g}); "
+            "refused, nothing was sent"
+        )
+    if spec.max_step is not None and previous is not None and value.numel():
+        seq = torch.cat([torch.as_tensor(previous).detach().double().reshape(1, *spec.shape),
+                         v.double().reshape(-1, *spec.shape)])
+        a, b = seq[:-1], seq[1:]
+        tol = torch.finfo(torch.float32).eps * (a.abs() + b.abs())
+        if ((b - a).abs() > spec.max_step + tol).any():
+            jump = float((b - a).abs().max())
+            raise RangeError(
+                f"parameter {spec.name!r}: a step of {jump:.4g} exceeds its ramp limit max_step={spec.max_step:.4g}; "
+                "refused, nothing was sent"
+            )
+    return value
+
+
+def ramp_waypoints(specs: Mapping[str, ParameterSpec], current: Mapping[str, torch.Tensor],
+                   target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Settings ``{name: [W, *shape]}`` on the straight line from ``current`` to ``target`` (the last is the target).
+
+    ``W = max over parameters of ceil(distance / max_step)`` (at least 1), so no step exceeds any
+    declared ``max_step``; the safe box is convex, so every waypoint is inside it.
+    """
+    n = 1
+    for name, spec in specs.items():
+        if spec.max_step is not None and target[name].numel():
+            distance = float((target[name].double() - current[name].double()).abs().max())
+            n = max(n, math.ceil(distance / (spec.max_step * (1 - RAMP_MARGIN))))
+    f = torch.arange(1, n + 1, dtype=torch.float64) / n
+    out = {}
+    for name in specs:
+        a, b = current[name].double(), target[name].double()
+        w = a + f.reshape(-1, *([1] * a.dim())) * (b - a)
+        w[-1] = b
+        out[name] = w.to(target[name].dtype if target[name].is_floating_point() else torch.float32)
+    return out
 
 
 class RangeGuard:
@@ -111,6 +194,15 @@ class RangeGuard:
         self.clipped += count
         log.debug("%s: clipped %d value(s) into the safe range", what, count)
         return torch.maximum(torch.minimum(value, high), low)
+
+    def check(self, spec: ParameterSpec, value: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """One parameter's command: clip (or refuse) by this guard's mode, then :func:`check_command`.
+
+        Ramp limits are never clipped: a step over ``max_step`` is refused in both modes.
+        """
+        value = torch.as_tensor(value)
+        low, high = spec.bounds(value.dtype if value.is_floating_point() else torch.float32)
+        return check_command(spec, self(f"parameter {spec.name!r}", value, low, high), previous)
 
 
 class PhysicalSystem(abc.ABC):
@@ -172,6 +264,73 @@ class PhysicalSystem(abc.ABC):
         self.queries = 0
         self.samples = 0
         self.device_seconds = 0.0
+        self.setting = self.initial_parameters()  # what the device holds now (ramps start here)
+        limited = [n for n, spec in self.parameter_specs.items() if spec.max_step is not None]
+        if limited and not self.can_ramp:
+            raise RangeError(
+                f"{type(self).__name__} declares ramp limits (max_step) for {limited} but has no apply_settings(): "
+                "ramp waypoints could never reach it, so the limit could not be honoured. Implement apply_settings "
+                "(set one setting, no measurement) or declare no max_step"
+            )
+
+    # ----------------------------------------------------------------------------- ramps
+    checks_ramp_locally = True  # a remote client leaves the ramp check to its server
+
+    @property
+    def can_ramp(self) -> bool:
+        """Whether ramp waypoints can reach the device (it implements :meth:`apply_settings`)."""
+        return type(self).apply_settings is not PhysicalSystem.apply_settings
+
+    @property
+    def ramp_limited(self) -> bool:
+        return any(spec.max_step is not None for spec in self.parameter_specs.values())
+
+    def apply_settings(self, settings: Mapping[str, torch.Tensor]) -> None:
+        """Hook: put ``settings`` (``{name: [W, *shape]}``, in order) on the device without measuring.
+
+        A driver with ramp limits implements it; :meth:`ramp` calls it one waypoint at a time.
+        """
+        raise RangeError(f"{type(self).__name__} cannot apply settings without measuring (no apply_settings); refused")
+
+    def ramp_sleep(self, seconds: float) -> None:
+        """How a ramp waits (tests replace it with a recorder)."""
+        time.sleep(seconds)
+
+    def ramp(self, waypoints: Mapping[str, torch.Tensor]) -> int:
+        """Apply ``{name: [W, *shape]}`` one waypoint at a time, each checked by :func:`check_command`.
+
+        Waits the largest declared ``step_delay_s`` between waypoints and ``settle_s`` after the
+        last. Returns ``W``. Refuses (nothing applied) if any step exceeds a ramp limit or any
+        waypoint leaves the safe range, and if the device has no :meth:`apply_settings`.
+        """
+        if not self.can_ramp:
+            raise RangeError(f"{type(self).__name__} cannot be ramped: it has no apply_settings()")
+        checked, w = {}, None
+        for name, spec in self.parameter_specs.items():
+            if name not in waypoints:
+                raise ShapeError(f"ramp: waypoints for parameter {name!r} missing")
+            v = check_command(spec, torch.as_tensor(waypoints[name]), previous=self.setting[name])
+            v = v.reshape(-1, *spec.shape)
+            if w is not None and v.shape[0] != w:
+                raise ShapeError(f"ramp: parameter {name!r} has {v.shape[0]} waypoints, others have {w}")
+            checked[name], w = v, v.shape[0]
+        if w is None:
+            return 0
+        delay = max((s.step_delay_s for s in self.parameter_specs.values()), default=0.0)
+        settle = max((s.settle_s for s in self.parameter_specs.values()), default=0.0)
+        for i in range(w):
+            if i and delay:
+                self.ramp_sleep(delay)
+            point = {n: v[i : i + 1] for n, v in checked.items()}
+            self.apply_settings(point)
+            self.setting = {n: v[0].clone() for n, v in point.items()}
+        if settle:
+            self.ramp_sleep(settle)
+        return w
+
+    def ramp_to(self, target: Mapping[str, torch.Tensor]) -> int:
+        """Ramp from the current setting to ``target`` (``{name: shape}``) within every ``max_step``."""
+        return self.ramp(ramp_waypoints(self.parameter_specs, self.setting, target))
 
     # ----------------------------------------------------------------------------- declared
     def initial_parameters(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -228,14 +387,20 @@ class PhysicalSystem(abc.ABC):
         self.queries, self.samples, self.device_seconds = 0, 0, 0.0
 
     def state_dict(self) -> dict:
-        """Counters and the noise generator's state: what an exact resume must restore."""
-        return {
+        """Counters and the noise generator's state: what an exact resume must restore.
+
+        A ramp-limited device also records the setting it holds, so a resumed run ramps from there.
+        """
+        state = {
             "queries": self.queries,
             "samples": self.samples,
             "device_seconds": self.device_seconds,
             "clipped": self.guard.clipped,
             "generator": self.generator.get_state(),
         }
+        if self.ramp_limited:
+            state["setting"] = {n: v.clone() for n, v in self.setting.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.queries = int(state["queries"])
@@ -243,6 +408,8 @@ class PhysicalSystem(abc.ABC):
         self.device_seconds = float(state["device_seconds"])
         self.guard.clipped = int(state["clipped"])
         self.generator.set_state(state["generator"])
+        if "setting" in state and state["setting"] is not None:
+            self.setting = {n: torch.as_tensor(state["setting"][n]).clone() for n in self.parameter_specs}
 
     # ----------------------------------------------------------------------------- contact
     def measure(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -253,10 +420,14 @@ class PhysicalSystem(abc.ABC):
         ``[K, B, *output_shape]``, detached. Counts ``K`` queries and ``K·B`` samples.
         """
         params, inputs, k, b = self._checked(params, inputs)
-        with torch.no_grad():
-            out = self.response(params, inputs)
-            if self.noise.enabled:
-                out = self.noise.apply(out, self.generator)
+        try:
+            with torch.no_grad():
+                out = self.response(params, inputs)
+                if self.noise.enabled:
+                    out = self.noise.apply(out, self.generator)
+        finally:  # the driver applies probes in order: it now holds the last one
+            if params and k:
+                self.setting = {n: v[-1].detach().clone() for n, v in params.items()}
         self._count(k, b)
         return self.checked_answer(out, (k, b, *self.output_shape), inputs.dtype)
 
@@ -325,8 +496,19 @@ class PhysicalSystem(abc.ABC):
                 k = value.shape[0]
             elif value.shape[0] != k:
                 raise ShapeError(f"parameter {name!r} has {value.shape[0]} probes, others have {k}")
-            low, high = self.parameter_bounds(value.dtype)[name]
-            batched[name] = self.guard(f"parameter {name!r}", value, low, high)
+            batched[name] = self.guard.check(spec, value)
+        if batched and k and self.ramp_limited and self.checks_ramp_locally:
+            first = {n: v[0] for n, v in batched.items()}
+            far = any(
+                spec.max_step is not None
+                and first[n].numel() > 0
+                and float((first[n].double() - self.setting[n].double()).abs().max()) > spec.max_step
+                for n, spec in self.parameter_specs.items()
+            )
+            if far and self.can_ramp:
+                self.ramp_to(first)  # every waypoint checked; then the probes themselves are checked below
+            for name, spec in self.parameter_specs.items():
+                check_command(spec, batched[name], previous=self.setting[name])
         inputs = torch.as_tensor(inputs)
         n_in = len(self.input_shape)
         if tuple(inputs.shape[-n_in:] if n_in else ()) != self.input_shape or inputs.dim() not in (n_in + 1, n_in + 2):
@@ -364,6 +546,17 @@ class PhysicalSystem(abc.ABC):
             RuntimeWarning,
             stacklevel=3,
         )
+
+    def input_bounds(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-element input limits ``(low, high)`` of shape ``input_shape`` (``None``: unbounded).
+
+        The default comes from ``input_range``; a device with per-electrode limits overrides it.
+        The device server publishes these limits and refuses inputs outside them.
+        """
+        if self.input_range is None:
+            return None
+        return (torch.full(self.input_shape, float(self.input_range[0]), dtype=dtype),
+                torch.full(self.input_shape, float(self.input_range[1]), dtype=dtype))
 
     def guard_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
         """Inputs as the device may receive them: inside ``input_range`` (clip or refuse), never NaN/inf."""

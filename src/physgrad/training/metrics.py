@@ -11,6 +11,8 @@ import math
 import os
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 class MetricsLog:
     """Append-only JSON-lines writer (``path=None``: keep records in memory only)."""
@@ -19,7 +21,13 @@ class MetricsLog:
         self.path = None if path is None else Path(path)
         self.records: list[dict] = []
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                probe = self.path.parent / f".write-test.{os.getpid()}"
+                probe.touch()
+                probe.unlink()
+            except OSError as e:
+                raise ConfigError(f"cannot write to the run folder {self.path.parent}: {e.strerror or e}") from None
 
     @property
     def offset(self) -> int:
@@ -30,8 +38,12 @@ class MetricsLog:
         """Drop everything after ``offset`` bytes (records written after the checkpoint)."""
         if self.path is None:
             return
-        if not self.path.exists():
-            self.path.touch()
+        if offset <= 0:  # nothing kept: no file (a run that fails before its first record leaves none)
+            self.path.unlink(missing_ok=True)
+            self.records = []
+            return
+        if not self.path.exists() or offset > self.path.stat().st_size:
+            raise ValueError(f"metrics offset {offset} lies beyond the end of {self.path}")
         with open(self.path, "r+b") as f:
             f.truncate(offset)
         self.records = read_metrics(self.path)

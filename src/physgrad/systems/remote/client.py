@@ -28,16 +28,19 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import time
 from typing import Callable
 
 import torch
 import zmq
+import zmq.auth as zmq_auth
 
 from ...errors import ConfigError, MeasurementError, RangeError, ShapeError
-from ..base import ParameterSpec, PhysicalSystem
+from ..base import RAMP_MARGIN, ParameterSpec, PhysicalSystem, ramp_waypoints
 from ..wrappers.faults import TRANSIENT, DeviceDisconnectedError, DeviceTimeoutError, backoff_delay
-from .protocol import VERSION, AuthenticationError, ProtocolError, decode, encode
+from .gate import PLAIN_USER, load_key_pair
+from .protocol import VERSION, AuthenticationError, BudgetError, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,10 @@ ERRORS = {
     "RangeError": RangeError, "ShapeError": ShapeError, "MeasurementError": MeasurementError,
     "DeviceTimeoutError": DeviceTimeoutError, "DeviceDisconnectedError": DeviceDisconnectedError,
     "AuthenticationError": AuthenticationError, "ProtocolError": ProtocolError, "ConfigError": ConfigError,
+    "BudgetError": BudgetError,
 }
-RAMP_MARGIN = 1e-5  # plan ramp steps this much (relative) below the limit, for float32 rounding
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 class RemoteSystem(PhysicalSystem):
@@ -81,6 +86,8 @@ class RemoteSystem(PhysicalSystem):
         guard: str = "clip",
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
+        server_key: bytes | str | None = None,
+        client_key=None,
     ) -> None:
         if not timeout > 0 or retries < 0 or not 0 <= backoff <= max_backoff:
             raise ValueError(f"need timeout > 0, retries >= 0, 0 <= backoff <= max_backoff; got {timeout}, {retries}, {backoff}, {max_backoff}")
@@ -91,7 +98,18 @@ class RemoteSystem(PhysicalSystem):
         self.sleep = sleep
         self.reconnects = 0
         self.ramp_commands = 0
+        self.abandoned_queries = 0  # queries of measure commands given up after retries (they may have run: counted)
         self._ids = itertools.count(1)
+        self._identity = b"pg" + os.urandom(14)  # kept across reconnects: the server recognises a retried request
+        self._curve = None
+        if server_key is not None:
+            if client_key is None:
+                raise ConfigError("CURVE needs this client's key pair too (client_key: a NAME.key_secret file or (public, secret))")
+            pair = load_key_pair(client_key) if isinstance(client_key, (str, os.PathLike)) else tuple(client_key)
+            if isinstance(server_key, os.PathLike) or (isinstance(server_key, str) and os.path.exists(server_key)):
+                server_key = zmq_auth.load_certificate(str(server_key))[0]
+            self._curve = (server_key.encode() if isinstance(server_key, str) else bytes(server_key), *pair)
+        self._monitor: zmq.Socket | None = None
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
         head, arrays = self._request_with_retries("describe")
@@ -102,19 +120,46 @@ class RemoteSystem(PhysicalSystem):
         for p in device["parameters"]:
             name = p["name"]
             specs.append(ParameterSpec(name, tuple(p["shape"]), arrays[f"low.{name}"], arrays[f"high.{name}"],
-                                       default=arrays[f"default.{name}"], unit=p.get("unit", "")))
+                                       default=arrays[f"default.{name}"], unit=p.get("unit", ""),
+                                       max_step=p.get("max_step"), step_delay_s=float(p.get("step_delay_s", 0.0)),
+                                       settle_s=float(p.get("settle_s", 0.0))))
             if p.get("max_step") is not None:
                 steps[name] = float(p["max_step"])
         self.device_name = device["name"]
         self.max_step = steps
         self.limits = head["limits"]
         input_range = tuple(float(v) for v in arrays["input_range"]) if "input_range" in arrays else None
+        self._input_bounds = ((arrays["input_low"], arrays["input_high"]) if "input_low" in arrays and "input_high" in arrays
+                              else None)
         super().__init__(device["input_shape"], device["output_shape"], specs, input_range=input_range, guard=guard,
                          seconds_per_query=float(device["seconds_per_query"]), seed=seed)
         self.current = self._read_state()
 
     def __repr__(self) -> str:
         return f"RemoteSystem({self.device_name} at {self.address!r})"
+
+    checks_ramp_locally = False  # the client plans ramps per segment (below); the server enforces them
+
+    def apply_settings(self, settings: dict[str, torch.Tensor]) -> None:
+        """Ramp waypoints go to the server as one ``ramp`` command (it applies them with the declared delays)."""
+        self._with_retries(lambda: self._request("ramp", {f"param.{n}": torch.as_tensor(v).reshape(-1, *self.parameter_specs[n].shape).to(torch.float32)
+                                                          for n, v in settings.items()}))
+        self.current = {n: torch.as_tensor(v).reshape(-1, *self.parameter_specs[n].shape)[-1].to(torch.float32) for n, v in settings.items()}
+
+    def ramp_sleep(self, seconds: float) -> None:
+        """The server waits between waypoints; the client does not wait again."""
+
+    def input_bounds(self, dtype: torch.dtype = torch.float32):
+        """The per-element input limits the server published (it refuses inputs outside them)."""
+        if self._input_bounds is None:
+            return super().input_bounds(dtype)
+        return tuple(t.to(dtype) for t in self._input_bounds)
+
+    def guard_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        bounds = self.input_bounds(inputs.dtype)
+        if bounds is None or self._input_bounds is None:
+            return super().guard_inputs(inputs)
+        return self.guard("inputs", inputs, *bounds)
 
     # ------------------------------------------------------------------ device
     def response(self, params: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
@@ -123,10 +168,18 @@ class RemoteSystem(PhysicalSystem):
         settings = {n: v.detach().to(torch.float32) for n, v in params.items()}
         x = (inputs[0] if shared else inputs).detach().to(torch.float32)
         outputs = []
-        for start, stop in self._segments(settings, x.shape[-len(self.input_shape) - 1]):
+        batch = x.shape[-len(self.input_shape) - 1]
+        for start, stop in self._segments(settings, batch):
             seg = {n: v[start:stop] for n, v in settings.items()}
             seg_x = x if shared else x[start:stop]
-            outputs.append(self._with_retries(lambda: self._ramp_and_measure(seg, seg_x)))
+            measure_id = next(self._ids)  # the same id on every retry: the server answers a repeat from its record
+            try:
+                outputs.append(self._with_retries(lambda: self._ramp_and_measure(seg, seg_x, measure_id)))
+            except TRANSIENT:
+                # given up: the server runs every request it received, so this one may have reached the device
+                self.abandoned_queries += stop - start
+                self._count(stop - start, batch)
+                raise
         out = torch.cat(outputs) if outputs else torch.zeros(0)
         return out.to(inputs.dtype)
 
@@ -135,6 +188,8 @@ class RemoteSystem(PhysicalSystem):
         k = next(iter(settings.values())).shape[0] if settings else 1
         per_probe = batch * math.prod(self.output_shape) * 4 + 64
         cap = max(1, min(int(self.limits["max_probes"]), (int(self.limits["max_message_bytes"]) // 2) // per_probe))
+        if "max_work" in self.limits:  # the server's work budget per request
+            cap = max(1, min(cap, int(self.limits["max_work"]) // max(1, batch * int(self.limits["work_per_sample"]))))
         jumps = torch.zeros(k, dtype=torch.bool)
         for n, step in self.max_step.items():
             seq = settings[n].double()
@@ -146,10 +201,11 @@ class RemoteSystem(PhysicalSystem):
             segments += [(s, min(s + cap, b)) for s in range(a, b, cap)]
         return segments
 
-    def _ramp_and_measure(self, settings: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _ramp_and_measure(self, settings: dict[str, torch.Tensor], x: torch.Tensor, measure_id: int | None = None) -> torch.Tensor:
         if settings:
             self._ramp_to({n: v[0] for n, v in settings.items()})
-        head, arrays = self._request("measure", {**{f"param.{n}": v for n, v in settings.items()}, "inputs": x})
+        head, arrays = self._request("measure", {**{f"param.{n}": v for n, v in settings.items()}, "inputs": x},
+                                     request_id=measure_id)
         if settings:
             self.current = {n: v[-1].clone() for n, v in settings.items()}
         out = arrays.get("outputs")
@@ -160,25 +216,18 @@ class RemoteSystem(PhysicalSystem):
         return out
 
     def _ramp_to(self, target: dict[str, torch.Tensor]) -> None:
-        """Send waypoints so that no parameter moves more than its ``max_step`` per command."""
-        n_steps = 1
-        for n, step in self.max_step.items():
-            distance = float((target[n].double() - self.current[n].double()).abs().max()) if target[n].numel() else 0.0
-            n_steps = max(n_steps, math.ceil(distance / (step * (1 - RAMP_MARGIN))))
-        if n_steps <= 1:
+        """Send waypoints so that no parameter moves more than its ``max_step`` per command (the target comes with the measure)."""
+        waypoints = ramp_waypoints(self.parameter_specs, self.current, target)
+        w = next(iter(waypoints.values())).shape[0] if waypoints else 1
+        if w <= 1:
             return
-        fractions = torch.arange(1, n_steps, dtype=torch.float64) / n_steps  # the target itself comes with the measure
         cap = int(self.limits["max_probes"])
-        for start in range(0, n_steps - 1, cap):
-            f = fractions[start : start + cap]
-            waypoints = {}
-            for n in target:
-                a, b = self.current[n].double(), target[n].double()
-                waypoints[n] = (a + f.reshape(-1, *([1] * a.dim())) * (b - a)).to(torch.float32)
-            self._request("ramp", {f"param.{n}": v for n, v in waypoints.items()})
+        for start in range(0, w - 1, cap):
+            chunk = {n: v[start : min(start + cap, w - 1)].to(torch.float32) for n, v in waypoints.items()}
+            self._request("ramp", {f"param.{n}": v for n, v in chunk.items()})
             self.ramp_commands += 1
-            self.current = {n: v[-1].clone() for n, v in waypoints.items()}
-        log.debug("ramped in %d step(s)", n_steps)
+            self.current = {n: v[-1].clone() for n, v in chunk.items()}
+        log.debug("ramped in %d step(s)", w)
 
     # ------------------------------------------------------------------ transport
     def _read_state(self) -> dict[str, torch.Tensor]:
@@ -213,26 +262,69 @@ class RemoteSystem(PhysicalSystem):
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, self._identity)
+            sock.setsockopt(zmq.ZAP_DOMAIN, b"physgrad")
+            if self._curve is not None:
+                server_public, public, secret = self._curve
+                sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+                sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+                sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            else:
+                sock.setsockopt(zmq.PLAIN_USERNAME, PLAIN_USER)
+                sock.setsockopt(zmq.PLAIN_PASSWORD, self.__token.encode("utf-8"))
+            self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
             sock.connect(self.address)
             self._socket = sock
         return self._socket
 
     def _reset(self) -> None:
         if self._socket is not None:
+            self._close_monitor()
             self._socket.close(linger=0)
             self._socket = None
             self.reconnects += 1
 
-    def _request(self, op: str, arrays: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(linger=0)
+            self._monitor = None
+
+    def _handshake_refused(self) -> None:
+        """Raise if the server refused this client at the handshake (monitor event), else return."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and event["value"] == 300:
+                self._reset()
+                raise DeviceDisconnectedError(f"the device server at {self.address} is full (too many connections); retrying")
+            self._reset()
+            what = "key" if self._curve is not None else "token"
+            raise AuthenticationError(f"the device server at {self.address} refused this client's {what} at the handshake "
+                                      "(missing or wrong token)")
+
+    def _request(self, op: str, arrays: dict | None = None, request_id: int | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
         """One request and its reply (one attempt); raises the server's error as a physgrad error."""
-        request_id = next(self._ids)
+        request_id = next(self._ids) if request_id is None else request_id
         message = encode({"id": request_id, "op": op, "token": self.__token}, arrays)
         sock = self._connect()
         sock.send(message)
         deadline = time.monotonic() + self.timeout
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not sock.poll(int(math.ceil(left * 1000)), zmq.POLLIN):
+            ready = dict(poller.poll(int(math.ceil(left * 1000)))) if left > 0 else {}
+            if self._monitor in ready:
+                self._handshake_refused()
+            if sock not in ready:
+                if time.monotonic() < deadline:
+                    continue
                 self._reset()  # a late reply must not be read as the answer to a later request
                 raise DeviceTimeoutError(f"no answer from the device server at {self.address} within {self.timeout:g} s ({op})")
             try:
@@ -250,6 +342,7 @@ class RemoteSystem(PhysicalSystem):
     def close(self) -> None:
         """Release the connection."""
         if self._socket is not None:
+            self._close_monitor()
             self._socket.close(linger=0)
             self._socket = None
         self._context.term()

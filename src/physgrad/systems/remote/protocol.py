@@ -52,22 +52,46 @@ class AuthenticationError(PhysgradError, PermissionError):
     """The device server refused the request's token."""
 
 
+class BudgetError(ProtocolError):
+    """A request asks for more work than the server's per-request budget (send fewer probes or a smaller batch)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Upper bounds a server (and client) enforces on every message.
 
     ``max_message_bytes`` also becomes ZeroMQ's ``MAXMSGSIZE``: a peer sending a larger frame is
-    disconnected by the transport before the server reads it.
+    disconnected by the transport before the server reads it. The server-side resource bounds:
+    ``queue_per_connection`` messages may wait per connection (``RCVHWM``), ``max_unread_replies``
+    replies may wait for a client that does not read (``SNDHWM``; more are dropped and counted),
+    ``max_connections`` open connections (more are refused at the handshake, temporarily),
+    ``max_work`` bounds one request's work, ``probes × batch × work_per_sample`` (the device's
+    declared cost per sample, default ``inputs + outputs + parameters``), ``heartbeat_s`` is the
+    heartbeat interval (a silent peer is dropped after three), ``handshake_s`` the time a new
+    connection has to authenticate, and ``reply_cache_bytes`` bounds the replies kept for
+    retried requests.
     """
 
-    max_message_bytes: int = 64 * 2**20
+    max_message_bytes: int = 16 * 2**20
     max_header_bytes: int = 64 * 2**10
     max_arrays: int = 64
     max_dims: int = 8
     max_probes: int = 4096
+    max_work: int = 2**26
+    queue_per_connection: int = 4
+    max_unread_replies: int = 4
+    max_connections: int = 4096
+    heartbeat_s: float = 5.0
+    handshake_s: float = 2.0
+    reply_cache_bytes: int = 32 * 2**20
 
     def __post_init__(self) -> None:
-        for name in ("max_message_bytes", "max_header_bytes", "max_arrays", "max_dims", "max_probes"):
+        for name in ("heartbeat_s", "handshake_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value <= 3600):
+                raise ValueError(f"Limits.{name} must be a number of seconds in (0, 3600], got {value!r}")
+        for name in ("max_message_bytes", "max_header_bytes", "max_arrays", "max_dims", "max_probes", "max_work",
+                     "queue_per_connection", "max_unread_replies", "max_connections", "reply_cache_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive integer, got {value!r}")
@@ -88,11 +112,16 @@ def encode(header: Mapping, arrays: Mapping[str, torch.Tensor | np.ndarray] | No
     return PREFIX.pack(MAGIC, VERSION, len(head)) + head + b"".join(payloads)
 
 
-def decode(message: bytes, limits: Limits = Limits()) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(header, arrays)`` of one message; :class:`ProtocolError` for anything malformed."""
+def decode(message: bytes, limits: Limits = Limits(), authorise=None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(header, arrays)`` of one message; :class:`ProtocolError` for anything malformed.
+
+    ``authorise(header)``, if given, is called on the header before any array is decoded (the
+    server checks the token there: an unauthorised message costs no array decoding).
+    """
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"a message is bytes, got {type(message).__name__}")
-    message = bytes(message)
+    if isinstance(message, memoryview):
+        message = message.cast("B") if message.format != "B" or message.ndim != 1 else message
     if len(message) > limits.max_message_bytes:
         raise ProtocolError(f"message of {len(message)} bytes exceeds the limit of {limits.max_message_bytes}")
     if len(message) < PREFIX.size:
@@ -105,12 +134,14 @@ def decode(message: bytes, limits: Limits = Limits()) -> tuple[dict, dict[str, t
     if length > limits.max_header_bytes or PREFIX.size + length > len(message):
         raise ProtocolError(f"header length {length} exceeds the limit ({limits.max_header_bytes}) or the message")
     try:
-        header = json.loads(message[PREFIX.size : PREFIX.size + length].decode("utf-8"), parse_constant=_no_constant)
+        header = json.loads(bytes(message[PREFIX.size : PREFIX.size + length]).decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise ProtocolError(f"header is not valid UTF-8 JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
     specs = header.pop("arrays", [])
+    if authorise is not None:
+        authorise(header)
     if not isinstance(specs, list) or len(specs) > limits.max_arrays:
         raise ProtocolError(f"'arrays' must be a list of at most {limits.max_arrays} entries")
     arrays: dict[str, torch.Tensor] = {}

@@ -21,8 +21,10 @@ from typing import Mapping
 
 import torch
 
-from ...errors import RangeError
-from ..base import PhysicalSystem
+from dataclasses import replace
+
+from ...errors import RangeError, ShapeError
+from ..base import PhysicalSystem, check_command
 
 
 class SystemWrapper(PhysicalSystem):
@@ -52,11 +54,28 @@ class SystemWrapper(PhysicalSystem):
     queries = _get("queries")
     samples = _get("samples")
     device_seconds = _get("device_seconds")
+    setting = _get("setting")  # the setting the innermost device holds (ramps start there)
     del _get
 
     @property
     def differentiable(self) -> bool:  # type: ignore[override]
         return self.inner.differentiable
+
+    @property
+    def can_ramp(self) -> bool:  # type: ignore[override]
+        """A wrapper forwards ramps: it can ramp if it applies settings itself or anything inside can."""
+        own = type(self).apply_settings not in (SystemWrapper.apply_settings, PhysicalSystem.apply_settings)
+        return (own and not getattr(self, "forwards_apply_settings", False)) or self.inner.can_ramp
+
+    def apply_settings(self, settings: Mapping[str, torch.Tensor]) -> None:
+        """Forward ramp waypoints to the device inside (every wrapper does; none swallows a ramp)."""
+        self.inner.apply_settings(settings)
+
+    def ramp_sleep(self, seconds: float) -> None:
+        self.inner.ramp_sleep(seconds)
+
+    def input_bounds(self, dtype: torch.dtype = torch.float32):
+        return self.inner.input_bounds(dtype)
 
     def measure(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         return self.inner.measure(params, inputs)
@@ -103,52 +122,59 @@ class CommandAudit(SystemWrapper):
         self.violations = 0
         self.worst = 0.0
 
-    def check(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor | None) -> str | None:
-        """Why this command is invalid, or ``None`` if every value is finite and inside its range."""
+    def check(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor | None, *, waypoints: bool = False) -> str | None:
+        """Why this command is invalid, or ``None`` if every value is finite, inside its range and within its ramp limit.
+
+        Each parameter goes through :func:`~physgrad.systems.base.check_command` (the one check),
+        with the audit's own ``max_step`` where given; the ramp check starts from the last setting
+        this audit passed on, unless the device inside can ramp (then it ramps to the first probe
+        itself, waypoint by waypoint, and only the steps within the command are the caller's).
+        """
         if set(params) != set(self.parameter_specs):
             return f"parameters {sorted(params)} do not match the device's {sorted(self.parameter_specs)}"
-        worst, problems = 0.0, []
+        reason, worst, last = None, 0.0, {}
+        ramps_itself = self.inner.can_ramp and not waypoints  # ramp waypoints are checked from the last setting
         for name, spec in self.parameter_specs.items():
-            value = torch.as_tensor(params[name]).detach()
-            if tuple(value.shape[-len(spec.shape):] if spec.shape else ()) != spec.shape:
+            step = self.max_step.get(name, spec.max_step)
+            spec = replace(spec, max_step=step)
+            value = torch.as_tensor(params[name]).detach().double()
+            if tuple(value.shape) == spec.shape:
+                value = value.unsqueeze(0)
+            if tuple(value.shape[1:]) != spec.shape:
                 return f"parameter {name!r} has shape {tuple(value.shape)}, the device declares {spec.shape}"
-            low, high = spec.bounds(torch.float64)
-            problems.append((name, value.double(), low, high))
+            if torch.isfinite(value).all() and value.numel():
+                low, high = spec.bounds(torch.float64)
+                worst = max(worst, float(torch.maximum(low - value, value - high).max()))
+            previous = value[0] if ramps_itself or step is None else self._setting[name]
+            try:
+                check_command(spec, value, previous=previous)
+            except (RangeError, ShapeError) as e:
+                reason = reason or str(e)
+            if value.numel():
+                last[name] = value[-1]
+        self._setting.update(last)
         x = torch.zeros(0, dtype=torch.float64) if inputs is None else torch.as_tensor(inputs).detach().double()
-        if self.input_range is not None:
-            problems.append(("inputs", x, torch.tensor(self.input_range[0]).double(), torch.tensor(self.input_range[1]).double()))
-        elif not torch.isfinite(x).all():
-            return "inputs: non-finite value(s)"
-        reason = self._ramp_violation(params) if self.max_step else None
-        for name, value, low, high in problems:
-            if not torch.isfinite(value).all():
-                return f"{name}: non-finite value(s)"
-            excess = torch.maximum(low - value, value - high).max() if value.numel() else torch.tensor(0.0)
+        if not torch.isfinite(x).all():
+            return reason or "inputs: non-finite value(s)"
+        bounds = self.inner.input_bounds(torch.float64)
+        if bounds is not None and x.numel():
+            try:
+                low, high = (t.expand(x.shape) for t in bounds)
+                excess = float(torch.maximum(low - x, x - high).max())
+            except RuntimeError:
+                return reason or f"inputs of shape {tuple(x.shape)} do not match the device's {self.input_shape}"
             if excess > 0:
-                worst = max(worst, float(excess))
-                reason = f"{name}: outside its safe range by {float(excess):.4g}"
+                worst = max(worst, excess)
+                reason = reason or f"inputs: outside the input range by {excess:.4g}"
         self.worst = max(self.worst, worst)
         return reason
 
-    def _ramp_violation(self, params: Mapping[str, torch.Tensor]) -> str | None:
-        reason = None
-        for name, step in self.max_step.items():
-            spec = self.parameter_specs[name]
-            seq = torch.as_tensor(params[name]).detach().double().reshape(-1, *spec.shape)
-            seq = torch.cat([self._setting[name].unsqueeze(0), seq])
-            jump = float((seq[1:] - seq[:-1]).abs().max()) if seq.numel() > spec.numel else 0.0
-            tol = 2 * torch.finfo(torch.float32).eps * float(seq.abs().max())
-            if jump > step + tol:
-                reason = f"parameter {name!r}: a step of {jump:.4g} exceeds its ramp limit {step:.4g}"
-            self._setting[name] = seq[-1]
-        return reason
+    forwards_apply_settings = True  # auditing a waypoint does not apply it: ramps need a device that can
 
     def apply_settings(self, params: Mapping[str, torch.Tensor]) -> None:
-        """Audit ramp waypoints (and pass them on if the device itself has this hook)."""
+        """Audit ramp waypoints, then pass them on (refused by the device if it cannot apply them)."""
         self._audit(params, None)
-        apply = getattr(self.inner, "apply_settings", None)
-        if apply is not None:
-            apply(params)
+        self.inner.apply_settings(params)
 
     def _audit(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor | None) -> None:
         self.commands += 1
@@ -156,7 +182,7 @@ class CommandAudit(SystemWrapper):
         if first is not None:
             spec = next(iter(self.parameter_specs.values()))
             self.probes += 1 if first.dim() == len(spec.shape) else int(first.shape[0])
-        reason = self.check(params, inputs)
+        reason = self.check(params, inputs, waypoints=inputs is None)
         if reason is not None:
             self.violations += 1
             if self.refuse:

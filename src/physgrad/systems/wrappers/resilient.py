@@ -38,6 +38,19 @@ Default thresholds: ``outlier_z = 10`` leaves a Gaussian false-alarm rate below 
 probe-to-probe spread; a false alarm costs only one re-measurement. Every event is logged
 (``logging``, INFO) and counted in :attr:`Resilient.events`; :meth:`Resilient.summary` gives the
 final counts.
+
+**Drift.** With ``drift_every = N > 0``, the first probe ever measured becomes a *reference
+anchor*: it is measured twice more at once (its spread sets the noise scale ``σ``), and again after
+every ``N`` calls. If its answer has moved by more than ``drift_z · σ`` (at least ``drift_atol``)
+from the reference in any output element, the drift is flagged (``events["drift"]``, a warning)
+and, with ``on_drift="raise"``, the call fails with :class:`DriftError` (the trainer skips the
+step; a lab may recalibrate); with ``"warn"`` (default) the reference moves to the new answer, so
+each change is reported once. What it detects: a change of the device's response *at the anchor
+setting and input* between two checks that exceeds the threshold — offset and gain drift, a
+device that was swapped, re-wired or re-biased. What it does not: drift smaller than the threshold
+(it accumulates until it crosses it), drift that comes and goes within one interval, and changes
+that leave the anchor's answer alone (e.g. only other settings affected). Each check costs one
+query (three at the start), counted like any other.
 """
 
 from __future__ import annotations
@@ -50,6 +63,10 @@ from typing import Callable, Mapping
 import torch
 
 from ...errors import MeasurementError
+
+
+class DriftError(MeasurementError):
+    """The reference anchor's answer moved beyond the drift threshold (``on_drift="raise"``)."""
 from ..base import PhysicalSystem
 from .faults import DeviceDisconnectedError, DeviceTimeoutError, backoff_delay
 from .base import SystemWrapper
@@ -59,6 +76,7 @@ log = logging.getLogger(__name__)
 EVENTS = (
     "calls", "retries", "timeouts", "disconnects", "errors", "failed_calls",
     "nonfinite", "out_of_range", "outliers", "stuck", "remeasured_probes", "anchor_probes", "confirmed", "unresolved",
+    "drift_checks", "drift",
 )
 MIN_OUTLIER_PROBES = 5
 AGREE = 0.5  # a reproduction lies within half the suspicious deviation
@@ -98,8 +116,17 @@ class Resilient(SystemWrapper):
         detect_stuck: bool = True,
         anchors: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        drift_every: int = 0,
+        drift_z: float = 8.0,
+        drift_atol: float = 1e-6,
+        on_drift: str = "warn",
     ) -> None:
         super().__init__(inner)
+        if drift_every < 0 or not drift_z > 0 or not drift_atol >= 0 or on_drift not in ("warn", "raise"):
+            raise ValueError(f"need drift_every >= 0, drift_z > 0, drift_atol >= 0, on_drift 'warn' or 'raise'; got "
+                             f"{drift_every}, {drift_z}, {drift_atol}, {on_drift!r}")
+        self.drift_every, self.drift_z, self.drift_atol, self.on_drift = int(drift_every), float(drift_z), float(drift_atol), on_drift
+        self._anchor: dict | None = None  # {"params", "inputs", "answer", "scale"}
         if retries < 0 or remeasure < 0:
             raise ValueError(f"retries and remeasure must be >= 0, got {retries}, {remeasure}")
         if not (0 <= backoff <= max_backoff < math.inf):
@@ -128,6 +155,8 @@ class Resilient(SystemWrapper):
     def measure(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         params, inputs, shared = self._normalised(params, inputs)
         self.events["calls"] += 1
+        if self.drift_every:
+            self._check_drift(params, inputs, shared)
         out = self._measure_with_retries(params, inputs, shared)
         ref = self._reference(out)
         dev, hard, stuck = self._suspicion(out, ref, self._requests(params, inputs, shared), self._first_previous)
@@ -171,6 +200,37 @@ class Resilient(SystemWrapper):
             f"{int(pending.sum())} probe(s) still suspicious after {self.remeasure} re-measurement round(s) "
             f"(non-finite, out of range, outlier or stuck); nothing was used"
         )
+
+    def _check_drift(self, params: dict[str, torch.Tensor], inputs: torch.Tensor, shared: bool) -> None:
+        """Set the reference anchor on the first call; re-measure it every ``drift_every`` calls."""
+        if self._anchor is None:
+            if not params:
+                return
+            a_params = {n: v[:1].detach().clone() for n, v in params.items()}
+            a_inputs = (inputs if shared else inputs[:1]).detach().clone()
+            first = [self._measure_with_retries(a_params, a_inputs, shared) for _ in range(3)]
+            stack = torch.stack([f.double() for f in first])
+            spread = stack.std(0).nan_to_num(0.0)  # three readings: pooled over elements, it is a usable σ
+            self._anchor = {"params": a_params, "inputs": a_inputs, "shared": shared, "answer": stack.mean(0),
+                            "scale": torch.maximum(spread, spread.median())}
+            self.events["anchor_probes"] += 3
+            return
+        if (self.events["calls"] - 1) % self.drift_every:
+            return
+        a = self._anchor
+        again = self._measure_with_retries(a["params"], a["inputs"], a["shared"]).double()
+        self.events["drift_checks"] += 1
+        self.events["anchor_probes"] += 1
+        # σ of one reading from three: allow for the reference's own error too
+        limit = torch.clamp(self.drift_z * a["scale"] * 1.5, min=self.drift_atol * (1 + a["answer"].abs()))
+        moved = (again - a["answer"]).abs()
+        if torch.isfinite(again).all() and (moved > limit).any():
+            self.events["drift"] += 1
+            log.warning("drift: the reference anchor moved by up to %.4g (threshold %.4g) since it was last checked",
+                        float(moved.max()), float(limit[moved > limit].min()))
+            a["answer"] = again
+            if self.on_drift == "raise":
+                raise DriftError(f"the device drifted: its reference anchor moved by up to {float(moved.max()):.4g}")
 
     def _anchors(self, clean: torch.Tensor) -> torch.Tensor:
         """Up to ``anchors`` clean probes of the first answer, evenly spread over the call."""
@@ -292,13 +352,18 @@ class Resilient(SystemWrapper):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "events": dict(self.events),
-                "last_answer": self._last_answer, "last_request": self._last_request}
+        state = {**super().state_dict(), "events": dict(self.events),
+                 "last_answer": self._last_answer, "last_request": self._last_request}
+        if self._anchor is not None:
+            state["drift_anchor"] = dict(self._anchor)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.events = {name: int(state["events"][name]) for name in EVENTS}
+        self.events = {name: int(state["events"].get(name, 0)) for name in EVENTS}
         self._last_answer, self._last_request = state["last_answer"], state["last_request"]
+        anchor = state.get("drift_anchor")
+        self._anchor = None if anchor is None else dict(anchor)
 
     def __repr__(self) -> str:
         return f"Resilient({self.inner!r}, retries={self.retries}, remeasure={self.remeasure})"
