@@ -164,7 +164,7 @@ def test_ramp_faster_than_step_or_inter_delay_is_refused():
     waves = wsystem.initial_parameters()["controls"].expand(n, -1).clone()
     waves[25:, 0] += 0.2  # a 0.2 V jump in one sample at 10 kHz: 2000 V/s
     x = gate_inputs(wsystem)
-    with pytest.raises(RangeError, match="faster than the instrument's ramp limit"):
+    with pytest.raises(RangeError, match="ramp limit"):  # the one command check, or the AWG's slew check
         wsystem.measure_waveform({"controls": waves}, x)
     assert dig.acquisitions == 0 and wsystem.queries == 0
     with pytest.raises(ConfigError, match="faster than the instrument allows"):

@@ -266,7 +266,7 @@ class PhysicalSystem(abc.ABC):
         self.device_seconds = 0.0
         self.setting = self.initial_parameters()  # what the device holds now (ramps start here)
         limited = [n for n, spec in self.parameter_specs.items() if spec.max_step is not None]
-        if limited and not self.can_ramp:
+        if limited and not self.can_ramp and not self.ramps_within_measure:
             raise RangeError(
                 f"{type(self).__name__} declares ramp limits (max_step) for {limited} but has no apply_settings(): "
                 "ramp waypoints could never reach it, so the limit could not be honoured. Implement apply_settings "
@@ -275,6 +275,9 @@ class PhysicalSystem(abc.ABC):
 
     # ----------------------------------------------------------------------------- ramps
     checks_ramp_locally = True  # a remote client leaves the ramp check to its server
+    # a device whose every measurement enforces max_step itself (e.g. a waveform player that checks the slew of
+    # every waveform, the ramp from its last setting included) needs no apply_settings hook
+    ramps_within_measure = False
 
     @property
     def can_ramp(self) -> bool:

@@ -329,6 +329,17 @@ class QCoDeSSystem(PhysicalSystem):
         raise TypeError("a QCoDeSSystem answers only measure(): its response is the instrument's")
 
     # ----------------------------------------------------------------------------- contact
+    checks_ramp_locally = False  # measure() ramps itself from where the instrument stands, each waypoint checked
+
+    def apply_settings(self, settings: Mapping[str, torch.Tensor]) -> None:
+        """Put settings on the controls without measuring (the hook :meth:`ramp` uses), one after another,
+        each reached in waypoints within ``max_step`` (every waypoint through the command check)."""
+        spec = self.parameter_specs[self.control_name]
+        rows = torch.as_tensor(settings[self.control_name]).detach().reshape(-1, *spec.shape)
+        for row in rows:
+            self._apply("controls", self.controls, row.reshape(-1), spec.max_step, spec.step_delay_s)
+            self.setting = {self.control_name: row.to(torch.float32).clone()}
+
     def measure(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
         """Apply ``K`` settings one after another; for each, every data point's inputs; read the outputs.
 
@@ -344,6 +355,7 @@ class QCoDeSSystem(PhysicalSystem):
             for i in range(k):
                 self._apply("controls", self.controls, controls[i], self.parameter_specs[self.control_name].max_step,
                             self.parameter_specs[self.control_name].step_delay_s)
+                self.setting = {self.control_name: controls[i].to(torch.float32).clone()}
                 self.queries += 1
                 applied += 1
                 for j in range(b):
@@ -463,7 +475,14 @@ class QCoDeSSystem(PhysicalSystem):
 
 # ===================================================================================== waveform
 class _Declared(PhysicalSystem):
-    """Declarations only (specs, per-element input bounds, the check): what TimeDomainDevice wraps."""
+    """Declarations only (specs, per-element input bounds, the check): what TimeDomainDevice wraps.
+
+    Its ``max_step`` is the AWG's slew per sample, which :class:`QCoDeSWaveformSystem` checks on every
+    waveform it plays (the ramp from the last setting included): the limit is honoured in the measurement.
+    """
+
+    ramps_within_measure = True
+    checks_ramp_locally = False
 
     def __init__(self, input_shape, output_shape, specs, in_low, in_high, guard) -> None:
         super().__init__(input_shape, output_shape, specs, guard=guard)
@@ -511,6 +530,11 @@ class QCoDeSWaveformSystem(TimeDomainDevice):
     guard, station, name, clock:
         As :class:`QCoDeSSystem`.
     """
+
+    # _check_slew checks every waveform against the slew limit (max_step per sample), the DAC ramp from the last
+    # setting included; the static per-setting ramp check does not apply to waveforms
+    ramps_within_measure = True
+    checks_ramp_locally = False
 
     def __init__(
         self,
@@ -621,7 +645,7 @@ class QCoDeSWaveformSystem(TimeDomainDevice):
         waves = params[self.control_name].detach()
         self._check_slew(waves)
         answer = self._play(waves, inputs)
-        r = self.ramp_samples if self._last is not None else 0
+        r = self.ramp_samples  # from the power-up defaults before the first waveform too, as TimeDomainDevice counts
         self._last = {self.control_name: waves[-1].clone()}
         self.queries += 1
         self.samples += b
@@ -642,7 +666,7 @@ class QCoDeSWaveformSystem(TimeDomainDevice):
             self._check_slew(waves)
             x = inputs[i].unsqueeze(0).expand(hold, *inputs[i].shape)
             y = self._play(waves, x)
-            r = self.ramp_samples if self._last is not None else 0
+            r = self.ramp_samples  # from the power-up defaults before the first waveform too, as TimeDomainDevice counts
             self._last = {self.control_name: waves[-1].clone()}
             self.queries += 1
             self.samples += b
@@ -657,11 +681,11 @@ class QCoDeSWaveformSystem(TimeDomainDevice):
         w = waves.to(torch.float64)
         worst = float(w.diff(dim=0).abs().max()) if w.shape[0] > 1 else 0.0
         where = "within the waveform"
-        if self._last is not None:
-            r = max(1, self.ramp_samples)
-            jump = float((w[0] - self._last[self.control_name].to(torch.float64)).abs().max()) / r
-            if jump > worst:
-                worst, where = jump, f"on the ramp from the last setting ({r} sample(s))"
+        last = self._last if self._last is not None else self.initial_parameters()  # power-up: the defaults
+        r = max(1, self.ramp_samples)
+        jump = float((w[0] - last[self.control_name].to(torch.float64)).abs().max()) / r
+        if jump > worst:
+            worst, where = jump, f"on the ramp from the last setting ({r} sample(s))"
         if worst > spec.max_step * (1 + 1e-6):
             raise RangeError(
                 f"control waveform changes by {worst:.4g} {spec.unit} per sample {where}: faster than the instrument's "
@@ -692,7 +716,7 @@ class QCoDeSWaveformSystem(TimeDomainDevice):
         out = torch.from_numpy(np.ascontiguousarray(y)).to(torch.float32)
         if self.clip is not None:
             lo, hi = self.clip
-            self.clipped_samples += int(((out <= lo) | (out >= hi)).sum())
+            self._clipped_samples += int(((out <= lo) | (out >= hi)).sum())  # the simulator-side count (HGE reads the samples)
         return out
 
     def _set_waves(self, waves: torch.Tensor, inputs: torch.Tensor, record: int | None) -> None:

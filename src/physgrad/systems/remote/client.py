@@ -100,7 +100,7 @@ class RemoteSystem(PhysicalSystem):
         self.ramp_commands = 0
         self.abandoned_queries = 0  # queries of measure commands given up after retries (they may have run: counted)
         self._ids = itertools.count(1)
-        self._identity = b"pg" + os.urandom(14)  # kept across reconnects: the server recognises a retried request
+        self._routing_id = b"pg" + os.urandom(14)  # kept across reconnects: the server recognises a retried request
         self._curve = None
         if server_key is not None:
             if client_key is None:
@@ -262,7 +262,7 @@ class RemoteSystem(PhysicalSystem):
         if self._socket is None:
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, self._identity)
+            sock.setsockopt(zmq.ROUTING_ID, self._routing_id)
             sock.setsockopt(zmq.ZAP_DOMAIN, b"physgrad")
             if self._curve is not None:
                 server_public, public, secret = self._curve
@@ -345,7 +345,7 @@ class RemoteSystem(PhysicalSystem):
             self._close_monitor()
             self._socket.close(linger=0)
             self._socket = None
-        self._context.term()
+        self._context.destroy(linger=0)  # closes every socket of this client's context (monitors, abandoned ones) first
 
     def __enter__(self) -> "RemoteSystem":
         return self
