@@ -158,6 +158,9 @@ def training(args, figures: dict) -> dict[str, dict]:
             "final_std": float(np.std([r["accuracy"][-1] for r in runs])),
             "wall": float(np.mean([r["wall"] for r in runs])),
         }
+        print(f"  {name} per epoch (mean over seeds): accuracy "
+              + " ".join(f"{a:.4f}" for a in curves[name]["accuracy"]) + " | queries "
+              + " ".join(f"{q:g}" for q in curves[name]["queries"]), flush=True)
     target = float(curves["backprop"]["accuracy"][-1]) - 0.01
     q_bp = queries_to(curves["backprop"]["accuracy"], curves["backprop"]["queries"], target)
     figures.update({"epochs": epochs, "seeds": seeds, "train_samples": len(data.y_train),
