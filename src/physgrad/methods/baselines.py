@@ -112,8 +112,8 @@ class BlackBoxMethod(GradientMethod):
         super().__init__("global", seed)
         if not (sigma0 > 0 and math.isfinite(sigma0)):
             raise ConfigError(f"sigma0 must be a finite number > 0, got {sigma0!r}")
-        if popsize is not None and popsize < 2:
-            raise ConfigError(f"popsize must be >= 2, got {popsize}")
+        if popsize is not None and popsize < 1:
+            raise ConfigError(f"popsize must be >= 1, got {popsize}")
         self.sigma0 = float(sigma0)
         self.popsize = popsize
         self.seed = int(seed)
@@ -310,7 +310,10 @@ class Nevergrad(BlackBoxMethod):
     sigma0:
         Initial mutation scale (``Array.set_mutation(sigma=...)``).
     popsize:
-        Candidates per ``ask`` batch (nevergrad's ``num_workers``); ``None``: ``4 + ⌊3 ln D⌋`` like CMA-ES.
+        Candidates per ``ask`` batch (nevergrad's ``num_workers``); ``None``: 1, nevergrad's sequential
+        default. (A batch changes which algorithm NGOpt picks, and at D ≈ 700 NGOpt's batched CMA
+        variant asks pycma for more samples than one generation holds and fails; sequential is
+        what nevergrad recommends when evaluations are not parallel.)
     """
 
     name = "nevergrad"
@@ -333,7 +336,7 @@ class Nevergrad(BlackBoxMethod):
     def _create(self, x0, low, high) -> None:
         import nevergrad as ng
 
-        n = self.popsize or 4 + int(3 * math.log(x0.size))
+        n = self.popsize or 1
         self._n = n
         param = ng.p.Array(init=x0).set_mutation(sigma=self.sigma0)
         if np.isfinite(low).any() or np.isfinite(high).any():

@@ -1,0 +1,358 @@
+"""Device queries to reach backprop − 1 pt, with defaults only: physgrad vs CMA-ES and nevergrad (issue 13).
+
+Per task of the validation suite's *held-out* set (``physgrad.data.suite.HELD_OUT``; the defaults
+were chosen on the disjoint ``TUNING`` set, ``--tune``) and per seed, the hybrid network
+``Linear(F → 8) → RandomReservoir(8, 32) → Linear(32 → C)`` is trained by
+
+* ``backprop`` (the oracle; Adam at the default rate) — its final test accuracy minus 1 pt is the target;
+* ``pgt_local``, ``pgt_global``, ``spsa`` (global, Rademacher directions) — physgrad's defaults
+  (``physgrad.methods.defaults``), nothing tuned per task;
+* ``cma`` (pycma's CMA-ES) and ``ng_ngopt`` / ``ng_tbpsa`` (nevergrad's NGOpt and TBPSA) — the
+  libraries' defaults, one initial step size ``sigma0 = 0.1`` for all (≈ the scale of a freshly
+  initialised layer's weights; the libraries need one).
+
+All at batch 32, the same data order and initialisation per seed. A *query* is one device forward
+pass at one setting over one batch (``Cost.queries``, what the device counted). Test accuracy is read
+at log-spaced query counts (every ≈ 7 %; these evaluations are the benchmark's, not the method's, and
+are not counted); a run stops when it reaches the target or its budget. Reported per task: the median
+over seeds of queries to target (a run that never reaches it counts as its budget, marked ``>``), and
+the ratios to CMA-ES and to backprop. ``ratio_best_forward_only_to_cma``: per task the best of
+``pgt_local``/``pgt_global``/``spsa`` ÷ ``cma``, median over tasks; ``ratio_global_to_cma`` likewise
+for ``pgt_global``.
+
+HGE is not in this table: it needs a time-domain device (sinusoidal parameter modulation read by a
+lock-in), and the suite's reservoir is a static device; HGE's cost is device-seconds, compared at
+equal device time in docs/results/hge.md.
+
+    python -m benchmarks.queries_to_target [--quick] [--out F.json]
+    python -m benchmarks.queries_to_target --tune          # the defaults' validation sweep (TUNING tasks)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
+
+from physgrad.data import suite
+from physgrad.data.datasets import Dataset
+from physgrad.methods import PGT, Backprop
+from physgrad.methods.baselines import CMAES, BlackBoxMethod, Nevergrad
+from physgrad.methods.defaults import DEFAULTS, default_lr
+from physgrad.models import ReservoirNet
+from physgrad.models.physical_layer import clamp_to_safe_range_
+from physgrad.systems import RandomReservoir
+
+from ._common import markdown_table, parse_args, plot_path, save_figure, write_json
+from ._hybrid import validation_split
+
+RESERVOIR_INPUTS = 8
+RESERVOIR_WIDTH = 32
+BATCH = DEFAULTS["batch_size"]
+SIGMA0 = 0.1
+FORWARD_ONLY = ("pgt_local", "pgt_global", "spsa")
+BASELINES = ("cma", "ng_ngopt", "ng_tbpsa")
+METHODS = ("backprop",) + FORWARD_ONLY + BASELINES
+BACKPROP_EPOCHS = 60
+
+
+def make_net(data: Dataset, seed: int) -> ReservoirNet:
+    res = RandomReservoir(RESERVOIR_INPUTS, RESERVOIR_WIDTH, seed=seed)
+    return ReservoirNet(data.num_features, res, data.num_classes, seed=seed)
+
+
+def num_params(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass
+class Setting:
+    """How a method is built: for gradient methods an optimizer too; overrides of the defaults."""
+
+    name: str
+    overrides: dict = field(default_factory=dict)
+
+    def build(self, model, seed: int, budget: int):
+        o = self.overrides
+        d = num_params(model)
+        if self.name == "backprop":
+            lr = o.get("lr", DEFAULTS["backprop"]["lr"])
+            return Backprop(seed=seed), torch.optim.Adam(model.parameters(), lr=lr)
+        if self.name in FORWARD_ONLY:
+            scope = "local" if self.name == "pgt_local" else "global"
+            cfg = {**DEFAULTS[scope], **o}
+            k = cfg["num_pairs"]
+            if scope == "global":
+                lr = o.get("lr", cfg["lr_constant"] * k / (d + k))
+            else:
+                lr = cfg["lr"]
+            make = PGT.spsa if self.name == "spsa" else PGT
+            method = make(k, cfg["delta"], scope=scope, seed=seed)
+            if cfg["optimizer"] == "adam":
+                opt = torch.optim.Adam(model.parameters(), lr=lr)
+            else:
+                opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"])
+            return method, opt
+        if self.name == "cma":
+            return CMAES(sigma0=o.get("sigma0", SIGMA0), seed=seed), None
+        if self.name.startswith("ng_"):
+            which = {"ng_ngopt": "NGOpt", "ng_tbpsa": "TBPSA"}[self.name]
+            return Nevergrad(which, budget=budget, sigma0=o.get("sigma0", SIGMA0), seed=seed), None
+        raise ValueError(f"unknown method {self.name!r}")
+
+
+def checkpoints(budget: int, first: int = 4, factor: float = 1.07) -> list[int]:
+    out, q = [], float(first)
+    while q < budget:
+        out.append(int(q))
+        q *= factor
+    return out + [budget]
+
+
+@torch.no_grad()
+def accuracy(model, x, y) -> float:
+    return float((model(x).argmax(1) == y).float().mean())
+
+
+def train(
+    data: Dataset, setting: Setting, seed: int, budget: int, target: float | None = None,
+    max_epochs: int | None = None,
+) -> dict:
+    """Train until ``target`` test accuracy (first checkpoint at or above it) or ``budget`` queries.
+
+    Returns the curve ``[(queries, accuracy)]``, the queries at which the target was reached (None if
+    not), and wall seconds.
+    """
+    torch.manual_seed(seed)
+    model = make_net(data, seed)
+    method, opt = setting.build(model, seed, budget)
+    g = torch.Generator().manual_seed(1000 + seed)
+    marks = checkpoints(budget)
+    curve, reached, start, epoch = [], None, time.perf_counter(), 0
+    n = len(data.y_train)
+    done = False
+    while not done:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, BATCH):
+            idx = perm[i : i + BATCH]
+            x, y = data.x_train[idx], data.y_train[idx]
+            if isinstance(method, BlackBoxMethod):
+                method.step(model, F.cross_entropy, x, y)
+            else:
+                opt.zero_grad(set_to_none=True)
+                method.backward(model, F.cross_entropy, x, y)
+                opt.step()
+                clamp_to_safe_range_(model)
+            q = method.total_cost.queries
+            if marks and q >= marks[0]:
+                while marks and q >= marks[0]:
+                    marks.pop(0)
+                acc = accuracy(model, data.x_test, data.y_test)
+                curve.append((q, acc))
+                if target is not None and acc >= target and reached is None:
+                    reached = q
+                    done = True
+                    break
+            if q >= budget:
+                done = True
+                break
+        epoch += 1
+        if max_epochs is not None and epoch >= max_epochs:
+            done = True
+    if not curve or curve[-1][0] != method.total_cost.queries:
+        curve.append((method.total_cost.queries, accuracy(model, data.x_test, data.y_test)))
+    return {"curve": curve, "reached": reached, "queries": method.total_cost.queries,
+            "final_accuracy": curve[-1][1], "seconds": time.perf_counter() - start}
+
+
+def backprop_reference(data: Dataset, seed: int, epochs: int) -> dict:
+    """Backprop for ``epochs`` epochs; its target is the final accuracy − 1 pt, its queries the first checkpoint there."""
+    steps = epochs * math.ceil(len(data.y_train) / BATCH)
+    run = train(data, Setting("backprop"), seed, budget=steps)
+    final = float(np.mean([a for _, a in run["curve"][-3:]]))  # the last three reads: less checkpoint noise
+    target = final - 0.01
+    run["target"] = target
+    run["reached"] = next(q for q, a in run["curve"] if a >= target)
+    return run
+
+
+def queries_table(
+    tasks: Sequence[Dataset], methods: Sequence[str], seeds: Sequence[int], budget_for: Callable[[str, int], int],
+    epochs: int, overrides: dict[str, dict] | None = None, log=print,
+) -> dict:
+    """``{task: {method: [queries-to-target or None per seed]}}`` plus budgets, targets and curves."""
+    overrides = overrides or {}
+    out = {}
+    for data in tasks:
+        per = {m: [] for m in methods}
+        curves = {m: [] for m in methods}
+        budgets, targets = {}, []
+        for seed in seeds:
+            ref = backprop_reference(data, seed, epochs)
+            targets.append(ref["target"])
+            per["backprop"].append(ref["reached"]) if "backprop" in per else None
+            if "backprop" in curves:
+                curves["backprop"].append(ref["curve"])
+            for m in methods:
+                if m == "backprop":
+                    continue
+                budget = budget_for(m, ref["reached"])
+                budgets[m] = budget
+                run = train(data, Setting(m, overrides.get(m, {})), seed, budget, target=ref["target"])
+                per[m].append(run["reached"])
+                curves[m].append(run["curve"])
+                log(f"  {data.name} seed {seed} {m}: target {ref['target']:.3f} "
+                    f"reached at {run['reached']} (budget {budget}, final {run['final_accuracy']:.3f}, {run['seconds']:.1f}s)")
+        out[data.name] = {"queries": per, "budgets": budgets, "targets": targets, "curves": curves}
+    return out
+
+
+def median_queries(values: list, budget: int) -> tuple[float, bool]:
+    """Median over seeds, a miss counted as the budget; ``censored`` when the median itself is a miss."""
+    vals = [budget if v is None else v for v in values]
+    med = float(statistics.median(vals))
+    censored = sum(v is None for v in values) * 2 >= len(values) and med >= budget
+    return med, censored
+
+
+def summarise(table: dict) -> tuple[list, dict]:
+    rows, fig = [], {}
+    best_ratios, global_ratios = [], []
+    for name, t in table.items():
+        meds = {}
+        for m, vals in t["queries"].items():
+            budget = t["budgets"].get(m, max(v for v in vals if v is not None) if any(v is not None for v in vals) else 1)
+            meds[m] = median_queries(vals, budget)
+        cma = meds["cma"][0]
+        bp = meds["backprop"][0]
+        for m, (q, cens) in meds.items():
+            rows.append((name, m, (">" if cens else "") + f"{q:.0f}", q / cma, q / bp))
+            fig[f"{name}_{m}_queries"] = q
+            fig[f"{name}_{m}_reached"] = not cens
+        best = min(meds[m][0] for m in FORWARD_ONLY if m in meds)
+        best_ratios.append(best / cma)
+        global_ratios.append(meds["pgt_global"][0] / cma)
+        fig[f"{name}_ratio_best_forward_only_to_cma"] = best / cma
+        fig[f"{name}_ratio_global_to_cma"] = meds["pgt_global"][0] / cma
+    fig["ratio_best_forward_only_to_cma"] = float(statistics.median(best_ratios))
+    fig["ratio_global_to_cma"] = float(statistics.median(global_ratios))
+    return rows, fig
+
+
+def plot(table: dict, path) -> None:
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    cols = min(3, len(names))
+    nrows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        t = table[name]
+        for m, runs in t["curves"].items():
+            if not runs:
+                continue
+            q, a = zip(*runs[0])
+            ax.plot(q, a, label=m, lw=1.2)
+        ax.axhline(statistics.median(t["targets"]), color="k", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("device queries")
+        ax.set_ylabel("test accuracy")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("accuracy vs device queries (seed 0); dotted: backprop − 1 pt", fontsize=10)
+    save_figure(fig, path)
+
+
+def _extra(parser) -> None:
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3, quick 1)")
+    parser.add_argument("--tasks", default=None, help="comma-separated suite tasks (default: the held-out set)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--budget-factor", type=float, default=None,
+                        help="each method's budget = this × backprop's queries-to-target (default 400, quick 100)")
+    parser.add_argument("--min-budget", type=int, default=None, help="budget floor (default 20000, quick 4000)")
+    parser.add_argument("--tune", action="store_true", help="the defaults' validation sweep on the TUNING tasks")
+
+
+TUNE_GRID = {
+    "pgt_local": [dict(num_pairs=k, lr=lr) for k in (2, 4, 8, 16) for lr in (1e-2, 3e-2, 1e-1)],
+    "pgt_global": [dict(num_pairs=k, lr_constant=c) for k in (4, 8, 32) for c in (0.1, 0.3, 0.6, 1.0)],
+}
+
+
+def tune(args) -> dict:
+    """Queries-to-target on the validation split of each TUNING task for each grid point (seed 0 and 1)."""
+    seeds = list(range(args.seeds or 2))
+    names = args.tasks.split(",") if args.tasks else list(suite.TUNING)
+    tasks = [validation_split(suite.task(n), 0.25, seed=0) for n in names]
+    results = {}
+    refs = {(d.name, s): backprop_reference(d, s, BACKPROP_EPOCHS) for d in tasks for s in seeds}
+    for m, grid in TUNE_GRID.items():
+        if m not in args.methods.split(","):
+            continue
+        for point in grid:
+            key = m + " " + " ".join(f"{k}={v:g}" for k, v in point.items())
+            ratios = []
+            for data in tasks:
+                vals = []
+                for seed in seeds:
+                    ref = refs[(data.name, seed)]
+                    budget = max(args.min_budget or 20000, int((args.budget_factor or 200) * ref["reached"]))
+                    run = train(data, Setting(m, point), seed, budget, target=ref["target"])
+                    vals.append((budget if run["reached"] is None else run["reached"]) / ref["reached"])
+                ratios.append(statistics.median(vals))
+                print(f"  {key} {data.name}: queries / backprop's = {ratios[-1]:.1f}", flush=True)
+            results[key] = statistics.median(ratios)
+            print(f"{key}: median over tasks {results[key]:.1f}", flush=True)
+    rows = sorted(results.items(), key=lambda kv: kv[1])
+    print(markdown_table(rows, ["setting", "median over tuning tasks of queries ÷ backprop's (to backprop − 1 pt)"]))
+    write_json(args.out, {f"tune {k}": v for k, v in results.items()})
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(__doc__.splitlines()[0], _extra, argv)
+    if not args.threads:
+        torch.set_num_threads(1)
+        # one BLAS thread for pycma's eigendecompositions: on a shared 2-core box a threaded
+        # OpenBLAS eigh of a 700 × 700 covariance ran 25× slower than single-threaded
+        threadpool_limits(1)
+    if args.tune:
+        return tune(args)
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    names = args.tasks.split(",") if args.tasks else (["wine", "digits59"] if args.quick else list(suite.HELD_OUT))
+    methods = ["backprop"] + [m for m in args.methods.split(",") if m != "backprop"]
+    for m in ("cma", "pgt_global"):
+        if m not in methods:
+            methods.append(m)
+    factor = args.budget_factor or (60 if args.quick else 400)
+    floor = args.min_budget or (3000 if args.quick else 20000)
+    epochs = 20 if args.quick else BACKPROP_EPOCHS
+    tasks = [suite.task(n) for n in names]
+    start = time.perf_counter()
+    table = queries_table(tasks, methods, seeds, lambda m, ref: max(floor, int(factor * ref)), epochs)
+    rows, fig = summarise(table)
+    print(f"\nqueries to reach backprop − 1 pt (median over {len(seeds)} seed(s); '>' = not reached within the budget), "
+          f"batch {BATCH}, held-out tasks\n")
+    print(markdown_table(rows, ["task", "method", "queries", "÷ CMA-ES", "÷ backprop"]))
+    print(f"\nratio_best_forward_only_to_cma = {fig['ratio_best_forward_only_to_cma']:.3g}, "
+          f"ratio_global_to_cma = {fig['ratio_global_to_cma']:.3g}")
+    path = plot_path(args, "queries_to_target")
+    plot(table, path)
+    print(f"plot: {path}")
+    fig.update(seeds=len(seeds), tasks=",".join(names), batch_size=BATCH, budget_factor=factor, budget_floor=floor,
+               backprop_epochs=epochs, seconds=time.perf_counter() - start)
+    write_json(args.out, fig)
+    return fig
+
+
+if __name__ == "__main__":
+    main()
