@@ -336,24 +336,43 @@ class Nevergrad(BlackBoxMethod):
     def _create(self, x0, low, high) -> None:
         import nevergrad as ng
 
-        n = self.popsize or 1
-        self._n = n
-        param = ng.p.Array(init=x0).set_mutation(sigma=self.sigma0)
-        if np.isfinite(low).any() or np.isfinite(high).any():
-            param = param.set_bounds(low, high, method="bouncing")
+        self._n = self.popsize or 1
+        boxed = np.isfinite(low) & np.isfinite(high)
+        free = np.isneginf(low) & np.isposinf(high)
+        if not (boxed | free).all():
+            raise ConfigError(f"{self.name}: nevergrad needs each parameter bounded on both sides or on neither")
+        self._boxed, self._free = np.flatnonzero(boxed), np.flatnonzero(free)
+        parts = {}
+        if self._free.size:
+            parts["free"] = ng.p.Array(init=x0[self._free]).set_mutation(sigma=self.sigma0)
+        if self._boxed.size:
+            parts["boxed"] = (
+                ng.p.Array(init=x0[self._boxed]).set_mutation(sigma=self.sigma0)
+                .set_bounds(low[self._boxed], high[self._boxed], method="bouncing")
+            )
+        param = ng.p.Dict(**parts)
         param.random_state = np.random.RandomState(self.seed + 1)
-        self._opt = ng.optimizers.registry[self.optimizer](parametrization=param, budget=self.budget, num_workers=n)
+        self._size = x0.size
+        self._opt = ng.optimizers.registry[self.optimizer](parametrization=param, budget=self.budget, num_workers=self._n)
+
+    def _flat(self, value: dict) -> np.ndarray:
+        out = np.empty(self._size)
+        if self._free.size:
+            out[self._free] = value["free"]
+        if self._boxed.size:
+            out[self._boxed] = value["boxed"]
+        return out
 
     def _ask(self):
         cands = [self._opt.ask() for _ in range(self._n)]
-        return np.stack([np.asarray(c.value, dtype=np.float64) for c in cands]), cands
+        return np.stack([self._flat(c.value) for c in cands]), cands
 
     def _tell(self, tokens, losses) -> None:
         for c, v in zip(tokens, losses):
             self._opt.tell(c, float(v))
 
     def recommendation(self) -> dict[str, torch.Tensor]:
-        return self._as_params(self._opt.provide_recommendation().value)
+        return self._as_params(self._flat(self._opt.provide_recommendation().value))
 
     def __repr__(self) -> str:
         return f"Nevergrad({self.optimizer!r}, sigma0={self.sigma0}, popsize={self.popsize}, budget={self.budget})"
