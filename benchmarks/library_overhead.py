@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ("hand-written vmapped step", 1e3 * timing["median"]["hand"], 1e3 * timing["min"]["hand"], queries),
     ]
     print(f"global-scope PGT step, K = {args.pairs}, batch {args.batch}, δ = {DELTA}, {repeats} interleaved rounds, "
-          f"torch threads {timing['threads']} of {timing['cpus']} CPUs, load average {timing['load_before']:.2f} before / "
+          f"{timing['clock']} time, torch threads {timing['threads']} of {timing['cpus']} CPUs, load average {timing['load_before']:.2f} before / "
           f"{timing['load_after']:.2f} after\n")
     print(markdown_table(rows, ["variant", "ms per step (median)", "ms (min)", "device queries"]))
     print(f"\noverhead_ratio (median of per-round ratios) = {overhead:.3f}; ratio of minima = {overhead_min:.3f}; "
@@ -160,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "batch_size": args.batch,
         "repeats": repeats,
         "threads": timing["threads"],
+        "clock": timing["clock"],
         "load_average_before": timing["load_before"],
         "load_average_after": timing["load_after"],
     }

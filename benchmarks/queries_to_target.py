@@ -59,7 +59,7 @@ BATCH = DEFAULTS["batch_size"]
 SIGMA0 = 0.1
 FORWARD_ONLY = ("pgt_local", "pgt_global", "spsa")
 BASELINES = ("cma", "ng_ngopt", "ng_tbpsa")
-METHODS = ("backprop",) + FORWARD_ONLY + BASELINES
+METHODS = ("backprop",) + FORWARD_ONLY + ("cma", "ng_ngopt")  # ng_tbpsa on request (--methods)
 BACKPROP_EPOCHS = 60
 
 
@@ -185,7 +185,7 @@ def backprop_reference(data: Dataset, seed: int, epochs: int) -> dict:
 
 def queries_table(
     tasks: Sequence[Dataset], methods: Sequence[str], seeds: Sequence[int], budget_for: Callable[[str, int], int],
-    epochs: int, overrides: dict[str, dict] | None = None, log=print,
+    epochs: int, overrides: dict[str, dict] | None = None, log=print, raw_path=None,
 ) -> dict:
     """``{task: {method: [queries-to-target or None per seed]}}`` plus budgets, targets and curves."""
     overrides = overrides or {}
@@ -211,7 +211,40 @@ def queries_table(
                 log(f"  {data.name} seed {seed} {m}: target {ref['target']:.3f} "
                     f"reached at {run['reached']} (budget {budget}, final {run['final_accuracy']:.3f}, {run['seconds']:.1f}s)")
         out[data.name] = {"queries": per, "budgets": budgets, "targets": targets, "curves": curves}
+        if raw_path is not None:  # after every task, so a run cut short still leaves what it finished
+            _write_raw(raw_path, out)
     return out
+
+
+def _write_raw(path, table: dict) -> None:
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        json.dump(table, f)
+    os.replace(f.name, path)
+
+
+def _read_raw(paths: str) -> dict:
+    import json
+
+    table: dict = {}
+    for p in paths.split(","):
+        for name, t in json.load(open(p)).items():
+            if name not in table:
+                table[name] = t
+                continue
+            for m, vals in t["queries"].items():  # the same task from another process: more seeds
+                table[name]["queries"].setdefault(m, []).extend(vals)
+                table[name]["curves"].setdefault(m, []).extend(t["curves"].get(m, []))
+            table[name]["targets"].extend(t["targets"])
+            for m, b in t["budgets"].items():
+                table[name]["budgets"][m] = max(b, table[name]["budgets"].get(m, 0))
+    return table
 
 
 def median_queries(values: list, budget: int) -> tuple[float, bool]:
@@ -272,6 +305,15 @@ def plot(table: dict, path) -> None:
     save_figure(fig, path)
 
 
+def budget_cap(method: str) -> int:
+    """Every run stops at 40 000 queries; nevergrad's sequential ask/tell costs milliseconds of Python per query: 20 000."""
+    return NEVERGRAD_CAP if method.startswith("ng_") else BUDGET_CAP
+
+
+NEVERGRAD_CAP = 20000
+BUDGET_CAP = 40000
+
+
 def _extra(parser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3, quick 1)")
     parser.add_argument("--tasks", default=None, help="comma-separated suite tasks (default: the held-out set)")
@@ -279,7 +321,14 @@ def _extra(parser) -> None:
     parser.add_argument("--budget-factor", type=float, default=None,
                         help="each method's budget = this × backprop's queries-to-target (default 400, quick 100)")
     parser.add_argument("--min-budget", type=int, default=None, help="budget floor (default 20000, quick 4000)")
+    parser.add_argument("--seed-list", default=None, help="comma-separated seeds (instead of --seeds)")
+    parser.add_argument("--raw", default=None, help="also write every run's queries and curves to this JSON file")
+    parser.add_argument("--from-raw", default=None,
+                        help="comma-separated --raw files of earlier runs: summarise them instead of training")
     parser.add_argument("--tune", action="store_true", help="the defaults' validation sweep on the TUNING tasks")
+    parser.add_argument("--points", default=None,
+                        help="--tune: grid points instead of TUNE_GRID, e.g. 'pgt_global:num_pairs=8,lr_constant=1;"
+                             "pgt_local:num_pairs=2,lr=0.03'")
 
 
 TUNE_GRID = {
@@ -293,13 +342,23 @@ def tune(args) -> dict:
     seeds = list(range(args.seeds or 2))
     names = args.tasks.split(",") if args.tasks else list(suite.TUNING)
     tasks = [validation_split(suite.task(n), 0.25, seed=0) for n in names]
+    grid_of = TUNE_GRID
+    if args.points:
+        grid_of = {}
+        for spec in args.points.split(";"):
+            m, _, kv = spec.partition(":")
+            point = {}
+            for item in filter(None, kv.split(",")):
+                k, _, v = item.partition("=")
+                point[k] = v if k == "optimizer" else (int(v) if k == "num_pairs" else float(v))
+            grid_of.setdefault(m, []).append(point)
     results = {}
     refs = {(d.name, s): backprop_reference(d, s, BACKPROP_EPOCHS) for d in tasks for s in seeds}
-    for m, grid in TUNE_GRID.items():
+    for m, grid in grid_of.items():
         if m not in args.methods.split(","):
             continue
         for point in grid:
-            key = m + " " + " ".join(f"{k}={v:g}" for k, v in point.items())
+            key = m + " " + " ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}" for k, v in point.items())
             ratios = []
             for data in tasks:
                 vals = []
@@ -328,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.tune:
         return tune(args)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    if args.seed_list:
+        seeds = [int(s) for s in args.seed_list.split(",")]
     names = args.tasks.split(",") if args.tasks else (["wine", "digits59"] if args.quick else list(suite.HELD_OUT))
     methods = ["backprop"] + [m for m in args.methods.split(",") if m != "backprop"]
     for m in ("cma", "pgt_global"):
@@ -336,9 +397,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     factor = args.budget_factor or (60 if args.quick else 400)
     floor = args.min_budget or (3000 if args.quick else 20000)
     epochs = 20 if args.quick else BACKPROP_EPOCHS
-    tasks = [suite.task(n) for n in names]
     start = time.perf_counter()
-    table = queries_table(tasks, methods, seeds, lambda m, ref: max(floor, int(factor * ref)), epochs)
+    if args.from_raw:
+        table = _read_raw(args.from_raw)
+        names = list(table)
+        seeds = list(range(len(next(iter(table.values()))["targets"])))
+    else:
+        tasks = [suite.task(n) for n in names]
+        table = queries_table(tasks, methods, seeds, lambda m, ref: min(budget_cap(m), max(floor, int(factor * ref))), epochs,
+                              raw_path=args.raw)
     rows, fig = summarise(table)
     print(f"\nqueries to reach backprop − 1 pt (median over {len(seeds)} seed(s); '>' = not reached within the budget), "
           f"batch {BATCH}, held-out tasks\n")

@@ -103,6 +103,7 @@ def compare(sizes: list[int], x: torch.Tensor, tolerance: float, repeats: int, s
         "load_before": timing["load_before"],
         "load_after": timing["load_after"],
         "threads": timing["threads"],
+        "clock": timing["clock"],
     }
 
 
@@ -125,9 +126,9 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (MIN_ROUNDS if args.quick else 30)
     nets = [[784, 512, 10]] if args.quick else [[784, 512, 10], [784, 512, 512, 10]]
     rows = [compare(sizes, x, 1e-5, repeats, seed=0) for sizes in nets]
-    headers = [h for h in rows[0] if h not in ("load_before", "load_after", "threads")]
+    headers = [h for h in rows[0] if h not in ("load_before", "load_after", "threads", "clock")]
     print(f"Relaxation of one batch of {args.batch} {source} images, tolerance 1e-5, {repeats} interleaved rounds, "
-          f"torch threads {rows[0]['threads']}, load average {rows[0]['load_before']:.2f} before / "
+          f"torch threads {rows[0]['threads']}, clock {rows[0]['clock']}, load average {rows[0]['load_before']:.2f} before / "
           f"{rows[-1]['load_after']:.2f} after (times: median, and min; speedup: median of per-round ratios)\n")
     print(markdown_table([[r[h] for h in headers] for r in rows], headers))
 
@@ -150,6 +151,7 @@ def main(argv=None) -> dict:
         "ours_min_ms_per_batch": rows[0]["ours_min_ms"],
         "plain_min_ms_per_batch": rows[0]["plain_min_ms"],
         "threads": rows[0]["threads"],
+        "clock": rows[0]["clock"],
         "repeats": repeats,
         "load_average_before": rows[0]["load_before"],
         "load_average_after": rows[-1]["load_after"],

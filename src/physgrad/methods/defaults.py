@@ -33,19 +33,19 @@ from __future__ import annotations
 
 DEFAULTS: dict[str, dict] = {
     "global": {
-        "num_pairs": 8,
+        "num_pairs": 4,
         "delta": 1e-2,
         "optimizer": "sgd",
         "momentum": 0.9,
-        "lr_constant": 0.3,  # lr = lr_constant * K / (D + K)
+        "lr_constant": 0.6,  # lr = lr_constant * K / (D + K)
         "schedule": "constant",
     },
     "local": {
-        "num_pairs": 4,
+        "num_pairs": 2,
         "delta": 1e-2,
         "optimizer": "adam",
         "momentum": 0.0,
-        "lr": 1e-2,
+        "lr": 3e-2,
         "schedule": "constant",
     },
     "backprop": {"optimizer": "adam", "lr": 1e-2},
