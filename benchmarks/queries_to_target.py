@@ -210,6 +210,9 @@ def queries_table(
                 curves[m].append(run["curve"])
                 log(f"  {data.name} seed {seed} {m}: target {ref['target']:.3f} "
                     f"reached at {run['reached']} (budget {budget}, final {run['final_accuracy']:.3f}, {run['seconds']:.1f}s)")
+            if raw_path is not None:  # after every seed, so a run cut short still leaves what it finished
+                _write_raw(raw_path, {**out, data.name: {"queries": per, "budgets": budgets, "targets": targets,
+                                                         "curves": curves}})
         out[data.name] = {"queries": per, "budgets": budgets, "targets": targets, "curves": curves}
         if raw_path is not None:  # after every task, so a run cut short still leaves what it finished
             _write_raw(raw_path, out)
@@ -306,11 +309,11 @@ def plot(table: dict, path) -> None:
 
 
 def budget_cap(method: str) -> int:
-    """Every run stops at 40 000 queries; nevergrad's sequential ask/tell costs milliseconds of Python per query: 20 000."""
+    """Every run stops at 40 000 queries; nevergrad's sequential ask/tell costs milliseconds of Python per query: 5 000."""
     return NEVERGRAD_CAP if method.startswith("ng_") else BUDGET_CAP
 
 
-NEVERGRAD_CAP = 20000
+NEVERGRAD_CAP = 5000
 BUDGET_CAP = 40000
 
 
