@@ -7,8 +7,8 @@ were chosen on the disjoint ``TUNING`` set, ``--tune``) and per seed, the hybrid
 * ``backprop`` (the oracle; Adam at the default rate) — its final test accuracy minus 1 pt is the target;
 * ``pgt_local``, ``pgt_global``, ``spsa`` (global, Rademacher directions) — physgrad's defaults
   (``physgrad.methods.defaults``), nothing tuned per task;
-* ``cma`` (pycma's CMA-ES) and ``ng_ngopt`` / ``ng_tbpsa`` (nevergrad's NGOpt and TBPSA) — the
-  libraries' defaults, one initial step size ``sigma0 = 0.1`` for all (≈ the scale of a freshly
+* ``cma`` (pycma's CMA-ES) and ``ng_oneplusone`` (nevergrad's (1+1)-ES, ``OnePlusOne``; ``ng_ngopt``,
+  ``ng_tbpsa``, ``ng_de`` on request) — the libraries' defaults, one initial step size ``sigma0 = 0.1`` for all (≈ the scale of a freshly
   initialised layer's weights; the libraries need one).
 
 All at batch 32, the same data order and initialisation per seed. A *query* is one device forward
@@ -58,8 +58,12 @@ RESERVOIR_WIDTH = 32
 BATCH = DEFAULTS["batch_size"]
 SIGMA0 = 0.1
 FORWARD_ONLY = ("pgt_local", "pgt_global", "spsa")
-BASELINES = ("cma", "ng_ngopt", "ng_tbpsa")
-METHODS = ("backprop",) + FORWARD_ONLY + ("cma", "ng_ngopt")  # ng_tbpsa on request (--methods)
+NEVERGRAD = {"ng_oneplusone": "OnePlusOne", "ng_ngopt": "NGOpt", "ng_tbpsa": "TBPSA", "ng_de": "TwoPointsDE"}
+BASELINES = ("cma",) + tuple(NEVERGRAD)
+# cma first after the cheap local scope: on a busy machine the comparisons that matter finish first.
+# nevergrad's NGOpt picks a meta-model optimiser here whose cost per query grows with its archive
+# (seconds per query after a few thousand): on request only (--methods); OnePlusOne is the default.
+METHODS = ("backprop", "pgt_local", "cma", "pgt_global", "spsa", "ng_oneplusone")
 BACKPROP_EPOCHS = 60
 
 
@@ -103,7 +107,7 @@ class Setting:
         if self.name == "cma":
             return CMAES(sigma0=o.get("sigma0", SIGMA0), seed=seed), None
         if self.name.startswith("ng_"):
-            which = {"ng_ngopt": "NGOpt", "ng_tbpsa": "TBPSA"}[self.name]
+            which = NEVERGRAD[self.name]
             return Nevergrad(which, budget=budget, sigma0=o.get("sigma0", SIGMA0), seed=seed), None
         raise ValueError(f"unknown method {self.name!r}")
 
