@@ -9,17 +9,22 @@ parity together and fuses the clip in place. Both stop on the same criterion (no
 more than the tolerance in a sweep) from the same start, so they reach the same fixed point:
 ``max_state_difference`` checks it.
 
+Timing (benchmarks/_timing.py): the two run interleaved in one process (ours, plain, ours, plain,
+...), ≥ 20 rounds after a warm-up, one torch thread unless ``--threads``; reported: each one's median
+and minimum, the speedup as the median of the per-round ratios (and the ratio of the minima), the
+1-minute load average before and after, and ``flop_ratio`` — the ratio of the two algorithms'
+multiply-adds (matmuls only, counted from the sizes and the sweeps each took), which bounds what an
+honest speed-up from skipping work can be.
+
     python -m benchmarks.relaxation_speed [--quick] [--out F.json]
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from benchmarks._common import markdown_table, parse_args, plot_path, save_figure, write_json
+from benchmarks._timing import MIN_ROUNDS, interleaved, ratio
 from physgrad.data import load_dataset
 from physgrad.systems import HopfieldNetwork
 
@@ -46,13 +51,16 @@ def straightforward_relaxation(
     return s, max_sweeps
 
 
-def time_one(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def matmul_flops(sizes: list[int], batch: int, sweeps: int, input_drive_once: bool) -> int:
+    """Multiply-adds of the matmuls of one relaxation (every sweep: each layer's drive from below and above)."""
+    per_sweep = 0
+    for k in range(1, len(sizes)):
+        if k > 1 or not input_drive_once:
+            per_sweep += batch * sizes[k - 1] * sizes[k]  # from below
+        if k + 1 < len(sizes):
+            per_sweep += batch * sizes[k + 1] * sizes[k]  # from above
+    once = batch * sizes[0] * sizes[1] if input_drive_once else 0
+    return once + sweeps * per_sweep
 
 
 def compare(sizes: list[int], x: torch.Tensor, tolerance: float, repeats: int, seed: int) -> dict:
@@ -76,20 +84,36 @@ def compare(sizes: list[int], x: torch.Tensor, tolerance: float, repeats: int, s
 
     (s_ours, report), (s_plain, plain_sweeps) = ours(), plain()
     diff = max(float((a[0] - b).abs().max()) for a, b in zip(s_ours, s_plain))
-    t_ours, t_plain = time_one(ours, repeats), time_one(plain, repeats)
+    timing = interleaved({"ours": ours, "plain": plain}, repeats)
+    speedup, speedup_min = ratio(timing, "plain", "ours")
+    b = x.shape[0]
+    flop_ratio = matmul_flops(sizes, b, plain_sweeps, False) / matmul_flops(sizes, b, report.sweeps, True)
     return {
         "net": "-".join(map(str, sizes)),
-        "ours_ms": 1e3 * t_ours,
-        "plain_ms": 1e3 * t_plain,
-        "speedup": t_plain / t_ours,
+        "ours_ms": 1e3 * timing["median"]["ours"],
+        "ours_min_ms": 1e3 * timing["min"]["ours"],
+        "plain_ms": 1e3 * timing["median"]["plain"],
+        "plain_min_ms": 1e3 * timing["min"]["plain"],
+        "speedup": speedup,
+        "speedup_min": speedup_min,
+        "flop_ratio": flop_ratio,
         "ours_sweeps": report.sweeps,
         "plain_sweeps": plain_sweeps,
         "max_state_difference": diff,
+        "load_before": timing["load_before"],
+        "load_after": timing["load_after"],
+        "threads": timing["threads"],
+        "clock": timing["clock"],
     }
 
 
+def _extra(parser) -> None:
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 30, quick 20)")
+
+
 def main(argv=None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], lambda p: p.add_argument("--batch", type=int, default=32), argv)
+    args = parse_args(__doc__.splitlines()[0], _extra, argv)
     if not args.threads:
         torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -99,11 +123,13 @@ def main(argv=None) -> dict:
     except Exception:  # no IDX files: digits upsampled would change the sizes; use uniform pixels
         x_all, source = torch.rand(1000, 784, generator=torch.Generator().manual_seed(0)), "uniform"
     x = x_all[: args.batch].contiguous()
-    repeats = 5 if args.quick else 30
+    repeats = args.repeats or (MIN_ROUNDS if args.quick else 30)
     nets = [[784, 512, 10]] if args.quick else [[784, 512, 10], [784, 512, 512, 10]]
     rows = [compare(sizes, x, 1e-5, repeats, seed=0) for sizes in nets]
-    headers = list(rows[0])
-    print(f"Relaxation of one batch of {args.batch} {source} images, tolerance 1e-5, median of {repeats} runs\n")
+    headers = [h for h in rows[0] if h not in ("load_before", "load_after", "threads", "clock")]
+    print(f"Relaxation of one batch of {args.batch} {source} images, tolerance 1e-5, {repeats} interleaved rounds, "
+          f"torch threads {rows[0]['threads']}, clock {rows[0]['clock']}, load average {rows[0]['load_before']:.2f} before / "
+          f"{rows[-1]['load_after']:.2f} after (times: median, and min; speedup: median of per-round ratios)\n")
     print(markdown_table([[r[h] for h in headers] for r in rows], headers))
 
     import matplotlib.pyplot as plt
@@ -120,6 +146,15 @@ def main(argv=None) -> dict:
     save_figure(fig, plot_path(args, "relaxation_speed"))
     figures = {
         "speedup": rows[0]["speedup"],
+        "speedup_min": rows[0]["speedup_min"],
+        "flop_ratio": rows[0]["flop_ratio"],
+        "ours_min_ms_per_batch": rows[0]["ours_min_ms"],
+        "plain_min_ms_per_batch": rows[0]["plain_min_ms"],
+        "threads": rows[0]["threads"],
+        "clock": rows[0]["clock"],
+        "repeats": repeats,
+        "load_average_before": rows[0]["load_before"],
+        "load_average_after": rows[-1]["load_after"],
         "max_state_difference": max(r["max_state_difference"] for r in rows),
         "ours_ms_per_batch": rows[0]["ours_ms"],
         "plain_ms_per_batch": rows[0]["plain_ms"],
@@ -128,6 +163,7 @@ def main(argv=None) -> dict:
     }
     if len(rows) > 1:
         figures["deep_speedup"] = rows[1]["speedup"]
+        figures["deep_flop_ratio"] = rows[1]["flop_ratio"]
     write_json(args.out, figures)
     return figures
 
