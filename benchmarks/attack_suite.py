@@ -11,9 +11,10 @@ times and the outcome counted:
 * ``unnamed_errors`` — hostile configs, config files, checkpoints (a malicious pickle included),
   command lines and unreachable servers that ended in anything but a named physgrad error or a
   usage message (floor: 0);
-* ``mislabelled_resumes`` — resumes into a folder under another config, two configs of one
-  ``run`` with the same name, fewer epochs than a finished run: any that trained or reported
-  without refusing (floor: 0);
+* ``mislabelled_resumes`` — resumes into a folder under another config and fewer epochs than a
+  finished run (any that trained or reported without refusing), and two configs of one ``run``
+  with the same name (counted unless each trained into its own folder under its own config)
+  (floor: 0);
 * ``flood_memory_ratio`` — peak RSS of a served device (its own process) during an
   unauthenticated flood (no credentials, a wrong token, raw TCP garbage; 32 MiB messages) ÷ its
   idle RSS (floor: < 2); ``authenticated_flood_memory_ratio`` — the same for a token holder
@@ -238,7 +239,10 @@ def attack_resumes(work: Path) -> tuple[int, int]:
     (work / "b" / "x.json").write_text(json.dumps({**SMALL, "lr": 0.5}))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         rc = cli(["run", str(work / "a" / "x.json"), str(work / "b" / "x.json"), "--out", str(work / "runs")])
-    mislabelled += rc == 0
+    if rc == 0:  # allowed only when each config trained into its own folder, under its own config
+        runs = [d for d in (work / "runs").iterdir() if (d / "config.json").exists()]
+        rates = sorted(json.loads((d / "config.json").read_text())["lr"] for d in runs)
+        mislabelled += rates != [0.003, 0.5]
     return len(attempts) + 1, mislabelled
 
 
