@@ -5,7 +5,7 @@ from .methods import PGT, Backprop, FiniteDifference, make_method
 from .models import PhysicalLayer, ReservoirNet
 from .systems import BlackBox, MeasurementNoise, ParameterSpec, PhysicalSystem, RandomReservoir
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Backprop", "BlackBox", "Cost", "FiniteDifference", "MeasurementNoise", "PGT", "ParameterSpec",

@@ -133,9 +133,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         except ConfigError as e:  # name the flag the user typed
             raise ConfigError(re.sub(r"config key '(\w+)'", lambda m: f"--{m.group(1).replace('_', '-')}", str(e))) from e
         out = args.out or Path("runs") / cfg.label
-        from .systems.lab.qcodes import use_station
-
-        device, recorder = use_station(args, cfg)  # --station: train the lab's instruments (QCoDeS)
+        device, recorder = _station(args, cfg)  # --station: train the lab's instruments (QCoDeS)
         try:
             if args.devices:  # the Ray device farm (physgrad.experiments.sweep.farm_for_config)
                 from .experiments.sweep import farm_for_config
@@ -177,6 +175,31 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 CONFIGS = Path(__file__).parent / "experiments" / "configs"
+
+
+def _station(args: argparse.Namespace, cfg: TrainConfig):
+    """``(device, recorder)`` of ``--station`` (``(None, None)`` without it).
+
+    The station's device replaces the config's device; with ``--record`` a QCoDeS
+    :class:`~physgrad.training.record.Recorder` is attached to it, named by ``--experiment`` (default:
+    the config's label) and ``--sample`` (default: the station file's name). Close it after training.
+    """
+    from .systems.lab.qcodes import system_from_args
+
+    system = system_from_args(args)
+    if system is None:
+        if getattr(args, "record", None):
+            raise ConfigError("--record needs --station (record a built-in device with physgrad.training.record.Recorder)")
+        return None, None
+    recorder = None
+    if getattr(args, "record", None):
+        from .training.record import Recorder
+
+        recorder = Recorder.for_config(cfg, args.record, system)  # the config goes into the run's metadata
+        recorder.experiment = args.experiment or recorder.experiment
+        recorder.sample = args.sample or Path(args.station).stem
+        recorder.attach(system)
+    return system, recorder
 
 
 def _config_path(path: Path) -> Path:

@@ -821,30 +821,6 @@ def add_station_arguments(parser) -> None:
     group.add_argument("--sample", default=None, help="QCoDeS sample name of the record (default: the station file's name)")
 
 
-def use_station(args, config: Any) -> tuple[Any, Any]:
-    """The ``--station`` hook of ``physgrad train``: ``(device, recorder)`` or ``(None, None)``.
-
-    The station's device replaces the config's device; with ``--record`` a
-    :class:`~physgrad.training.record.Recorder` is attached to it, named by ``--experiment``
-    (default: the config's ``label``) and ``--sample`` (default: the station file's name). Close the
-    recorder after training.
-    """
-    system = system_from_args(args)
-    if system is None:
-        if getattr(args, "record", None):
-            raise ConfigError("--record needs --station (record a built-in device with physgrad.training.record.Recorder)")
-        return None, None
-    recorder = None
-    if getattr(args, "record", None):
-        from ...training.record import Recorder
-
-        recorder = Recorder.for_config(config, args.record, system)  # the config goes into the run's metadata
-        recorder.experiment = args.experiment or recorder.experiment
-        recorder.sample = args.sample or Path(args.station).stem
-        recorder.attach(system)
-    return system, recorder
-
-
 def system_from_args(args) -> QCoDeSSystem | None:
     """The station system the options of :func:`add_station_arguments` describe (``None`` without ``--station``)."""
     if not getattr(args, "station", None):
