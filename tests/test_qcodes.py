@@ -277,13 +277,17 @@ def test_physgrad_train_with_a_station_file_records_the_training(tmp_path):
     path.write_text(STATION)
     rc = main(["train", "--station", str(path), "--controls", "dac.ch1,dac.ch2,dac.ch3,dac.ch6,dac.ch7",
                "--inputs", "dac.ch4,dac.ch5", "--outputs", "dmm.v", "--guard", "clip", "--method", "pgt",
-               "--scope", "global", "--epochs", "1", "--train-samples", "16", "--test-samples", "8", "--batch-size", "16",
+               "--scope", "global", "--epochs", "2", "--train-samples", "16", "--test-samples", "8", "--batch-size", "8",
                "--num-pairs", "2", "--record", str(tmp_path / "lab"), "--out", str(tmp_path / "run")])
     assert rc == 0
     ds = load_by_run_spec(captured_run_id=1, conn=connect(str(tmp_path / "lab" / "physgrad.db")))
     assert (ds.exp_name, ds.sample_name) == ("pgt-global", "station")  # the config's label, the station's name
     assert '"method": "pgt"' in ds.metadata["config"]
-    assert len(np.unique(_flat(ds.get_parameter_data(), "query"))) >= 5  # one training step: 2K + 1 settings
+    data = ds.get_parameter_data()
+    assert len(np.unique(_flat(data, "query"))) >= 4 * 5  # four training steps of 2K + 1 settings each
+    steps = set(np.concatenate([np.asarray(v).reshape(-1) for v in data["query"]["step"]]).tolist())
+    epochs = set(np.concatenate([np.asarray(v).reshape(-1) for v in data["query"]["epoch"]]).tolist())
+    assert {0.0, 1.0, 2.0, 3.0} <= steps and {0.0, 1.0} <= epochs  # every setting carries its step and epoch
     assert main(["train", "--record", str(tmp_path / "x"), "--out", str(tmp_path / "r2")]) == 2  # --record needs --station
 
 

@@ -141,7 +141,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 with farm_for_config(cfg, args.devices, args.ray_address) as farm:
                     last = run(cfg, out, resume=not args.no_resume, carrier=farm)[-1]
             else:
-                last = run(cfg, out, resume=not args.no_resume, device=device)[-1]
+                last = run(cfg, out, resume=not args.no_resume, device=device, recorder=recorder)[-1]
         finally:
             if recorder is not None:
                 recorder.close()

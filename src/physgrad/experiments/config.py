@@ -325,16 +325,20 @@ def loss_function(model):
 
 
 def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool | None = None, data=None,
-        resume: bool = True, device: PhysicalSystem | None = None, carrier=None) -> list[dict]:
+        resume: bool = True, device: PhysicalSystem | None = None, carrier=None, recorder=None) -> list[dict]:
     """Train one config; with ``out_dir``, write config.json, metrics.jsonl and checkpoint.pt there.
 
     The last line of metrics.jsonl is the last epoch's record, with ``test_accuracy`` and ``queries``.
     ``device``: a device built elsewhere (e.g. a QCoDeS station's); ``carrier``: what carries the
-    method's probes (e.g. a Ray ``DeviceFarm``; None: in process).
+    method's probes (e.g. a Ray ``DeviceFarm``; None: in process); ``recorder``: a
+    :class:`~physgrad.training.record.Recorder` that follows the method, so every recorded setting
+    carries its step and epoch.
     """
     data, model, method, optimizer = build(cfg, data, device)
     if carrier is not None:
         method.carrier = carrier
+    if recorder is not None:
+        recorder.follow(method, steps_per_epoch=math.ceil(len(data.y_train) / cfg.batch_size))
     trainer = Trainer(  # the trainer checks the config against a checkpoint, then writes config.json
         model, method, optimizer, loss_fn=loss_function(model), batch_size=cfg.batch_size, seed=cfg.seed,
         out_dir=out_dir, progress=progress, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
