@@ -35,15 +35,14 @@ class InProcess:
         self.max_parts = int(max_parts)
 
     def __call__(self, system: Any, probes: Probes) -> Any:
-        if self.max_parts == 1:
-            return probes.answer(system)
-        parts = probes.shard(self.max_parts)
-        if len(parts) == 1:
-            return parts[0].answer(system)
-        return probes.join([p.answer(system) for p in parts])
+        return carry(_answer, system, probes, self.max_parts)
 
     def __repr__(self) -> str:
         return "InProcess()" if self.max_parts == 1 else f"InProcess(max_parts={self.max_parts})"
+
+
+def _answer(system: Any, probes: Probes) -> Any:
+    return probes.answer(system)
 
 
 def carry(carrier: Carrier, system: Any, probes: Probes, parts: int = 1) -> Any:

@@ -6,7 +6,7 @@
   directions (guided ES, Maheswaranathan et al. 2019): unbiased whatever the twin.
 """
 
-from .methods import PAT, TwinGuidedPGT, TwinMethod, device_key
+from .methods import PAT, TwinGuidedPGT, TwinMethod
 from .twin import Twin
 
-__all__ = ["PAT", "Twin", "TwinGuidedPGT", "TwinMethod", "device_key"]
+__all__ = ["PAT", "Twin", "TwinGuidedPGT", "TwinMethod"]

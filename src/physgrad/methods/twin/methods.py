@@ -53,12 +53,6 @@ from ..base import GradientMethod, LossFn
 from .twin import Twin
 
 
-def device_key(system: PhysicalSystem) -> str:
-    """A stable key for per-device state: ``system.identity`` where the device has one."""
-    ident = getattr(system, "identity", None)
-    return str(ident) if ident is not None else f"{type(system).__name__}@{id(system):x}"
-
-
 class TwinMethod(GradientMethod):
     """Shared base: one learned :class:`Twin` per device, its data and its refits.
 
@@ -102,7 +96,7 @@ class TwinMethod(GradientMethod):
         """The twin of ``system`` (created from its declarations on first use)."""
         if self.fixed_twin is not None:
             return self.fixed_twin
-        key = device_key(system)
+        key = system.identity
         if key not in self.twins:
             pending = getattr(self, "_pending", {})
             if key in pending:  # resumed: restore the twin this device had (no fresh seed drawn)
@@ -116,13 +110,14 @@ class TwinMethod(GradientMethod):
     def ask(self, theta, inputs=None, targets=None, **options):
         """Not yet in the ask/tell form: these methods run through ``backward`` (the local scope's VJP
         hook), where the twin of each device is found from the device itself."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no ask/tell form yet: train it with method.backward(model, loss_fn, x, y); "
-            "its device contacts are the forward measurement, the perturbation probes and the twin's samples"
-        )
+        raise NotImplementedError(self._no_ask_tell())
 
     def tell(self, probes, answers, cotangent=None):
-        return self.ask(None)
+        raise NotImplementedError(self._no_ask_tell())
+
+    def _no_ask_tell(self) -> str:
+        return (f"{type(self).__name__} has no ask/tell form yet: train it with method.backward(model, loss_fn, x, y); "
+                "its device contacts are the forward measurement, the perturbation probes and the twin's samples")
 
     def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with gradient_path(model, "estimate", self):
@@ -341,7 +336,7 @@ class TwinGuidedPGT(TwinMethod):
         """
         if self.coef != "auto":
             return float(self.coef), float(self.coef)
-        stats = self._cov.get(device_key(system))
+        stats = self._cov.get(system.identity)
         if stats is None:
             return 1.0, 1.0
         a_tt, a_tx, a_xx, b_t, b_x = stats
@@ -356,7 +351,7 @@ class TwinGuidedPGT(TwinMethod):
         return clip(c_t), clip(c_x)
 
     def _record(self, system: PhysicalSystem, s_dev: torch.Tensor, s_t: torch.Tensor, s_x: torch.Tensor) -> None:
-        key = device_key(system)
+        key = system.identity
         new = [float((s_t * s_t).mean()), float((s_t * s_x).mean()), float((s_x * s_x).mean()),
                float((s_dev * s_t).mean()), float((s_dev * s_x).mean())]
         if key not in self._cov:

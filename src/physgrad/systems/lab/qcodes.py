@@ -48,8 +48,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, MeasurementError, RangeError, ShapeError
-from .. import base as _base
-from ..base import ParameterSpec, PhysicalSystem
+from ..base import ParameterSpec, PhysicalSystem, check_command
 from ..wrappers.timedomain import TimeDomainDevice
 
 log = logging.getLogger(__name__)
@@ -430,17 +429,8 @@ class QCoDeSSystem(PhysicalSystem):
 
     @staticmethod
     def _check_waypoint(spec: ParameterSpec, point: torch.Tensor, previous: torch.Tensor | None) -> None:
-        check = getattr(_base, "check_command", None)
-        if check is not None:  # the project's one command check, where present
-            check(spec, point.to(torch.float32), None if previous is None else previous.to(torch.float32))
-            return
-        low, high = spec.bounds(torch.float64)
-        if not torch.isfinite(point).all() or ((point < low) | (point > high)).any():
-            raise RangeError(f"parameter {spec.name!r}: ramp waypoint {point.tolist()} outside the safe range; refused")
-        if previous is not None and spec.max_step is not None:
-            jump = float((point - previous).abs().max())
-            if jump > spec.max_step * (1 + 1e-6):
-                raise RangeError(f"parameter {spec.name!r}: a change of {jump:g} exceeds max_step={spec.max_step:g}; refused")
+        """The project's one command check on a ramp waypoint (range, finiteness, ``max_step``)."""
+        check_command(spec, point.to(torch.float32), None if previous is None else previous.to(torch.float32))
 
     @staticmethod
     def _current(channels: _Channels) -> torch.Tensor | None:
