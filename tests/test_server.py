@@ -38,20 +38,6 @@ class Recording(SystemWrapper):
         return self.inner.measure(params, inputs)
 
 
-@pytest.fixture
-def served():
-    servers = []
-
-    def start(device, **kwargs):
-        server = DeviceServer(device, TOKEN, "tcp://127.0.0.1:*", **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
 def _raw_request(address, header, arrays=None, token=TOKEN, timeout_ms=5000):
     ctx = zmq.Context.instance()
     sock = plain_socket(ctx, address, TOKEN)  # authenticated at the handshake; ``token`` goes in the header

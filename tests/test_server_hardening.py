@@ -22,20 +22,6 @@ from physgrad.systems.wrappers.base import CommandAudit, SystemWrapper
 TOKEN = "hardening-token-7Qw2Zr9XkLp4Vn"
 
 
-@pytest.fixture
-def served():
-    servers = []
-
-    def start(device, **kwargs):
-        server = DeviceServer(device, TOKEN, "tcp://127.0.0.1:*", **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        s.stop()
-
-
 def _ask(sock, message, timeout_ms=5000):
     sock.send(message)
     if not sock.poll(timeout_ms):

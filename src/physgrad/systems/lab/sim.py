@@ -44,6 +44,12 @@ def _per_channel(value, n: int, what: str) -> list[float]:
     return values
 
 
+def _channel_ranges(low, high, channels: int, bounded: bool) -> list[tuple[float, float, float]]:
+    """Per channel ``(low, high, start)``; ``start`` is 0 V moved into the range (0 when unbounded)."""
+    lows, highs = _per_channel(low, channels, "low"), _per_channel(high, channels, "high")
+    return [(lo, hi, min(max(0.0, lo), hi) if bounded else 0.0) for lo, hi in zip(lows, highs)]
+
+
 def _instrument(value):
     return value if isinstance(value, Instrument) else Instrument.find_instrument(str(value))
 
@@ -75,10 +81,8 @@ class SimDAC(Instrument):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        lows, highs = _per_channel(low, channels, "low"), _per_channel(high, channels, "high")
-        for i in range(channels):
-            vals = Numbers(lows[i], highs[i]) if bounded else Numbers()
-            start = min(max(0.0, lows[i]), highs[i]) if bounded else 0.0
+        for i, (lo, hi, start) in enumerate(_channel_ranges(low, high, channels, bounded)):
+            vals = Numbers(lo, hi) if bounded else Numbers()
             self.add_parameter(
                 f"ch{i + 1}", parameter_class=Parameter, label=f"channel {i + 1}", unit=unit, vals=vals,
                 set_cmd=None, get_cmd=None, initial_value=start,
@@ -164,12 +168,11 @@ class SimAWG(Instrument):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        lows, highs = _per_channel(low, channels, "low"), _per_channel(high, channels, "high")
-        for i in range(channels):
-            vals = Arrays(min_value=lows[i], max_value=highs[i]) if bounded else Arrays()
+        for i, (lo, hi, start) in enumerate(_channel_ranges(low, high, channels, True)):
+            vals = Arrays(min_value=lo, max_value=hi) if bounded else Arrays()
             self.add_parameter(
                 f"ch{i + 1}", parameter_class=Parameter, label=f"waveform {i + 1}", unit=unit, vals=vals,
-                set_cmd=None, get_cmd=None, initial_value=np.full(1, min(max(0.0, lows[i]), highs[i])),
+                set_cmd=None, get_cmd=None, initial_value=np.full(1, start),
                 metadata={} if max_slew is None else {"max_slew": float(max_slew)},
             )
 
