@@ -267,7 +267,7 @@ class HGE(GradientMethod):
                         read_calibration(probes.calibration, self._finite(cal_answers), self.settings.calibration_snr,
                                          self.settings.per_channel))
             est = self.tell(probes.gradient, answers, cotangent)
-            return Estimate(est.grads, est.input_grad, probes.calibration.cost + est.cost)
+            return Estimate(est.grads, est.input_grad, probes.cost)
         if isinstance(probes, CalibrationProbes):
             self._store(probes.identity, read_calibration(probes, self._finite(answers), self.settings.calibration_snr,
                                                           self.settings.per_channel))
