@@ -420,6 +420,12 @@ class DeviceFarm:
     # ------------------------------------------------------------------ carrying
     def __call__(self, system: Any, probes: Probes) -> Any:
         ray = self._ray
+        if not getattr(probes, "portable", True):
+            raise ConfigError(
+                f"device farm: {type(probes).__name__} probes are answered in process only (their answers carry "
+                "autograd history: the backpropagation oracle differentiates through the simulator here); carry them "
+                "with the default InProcess carrier. Nothing was measured"
+            )
         if not self._live:
             raise MeasurementError("device farm: every device has been retired; nothing can measure")
         self.calls += 1
