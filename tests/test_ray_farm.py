@@ -669,10 +669,13 @@ def test_scaling_benchmark_runs_and_writes_its_contract(tmp_path):
 
     out = tmp_path / "f.json"
     figures = ray_scaling.main(["--quick", "--sizes", "1", "2", "--rounds", "1", "--steps", "1", "--pairs", "4",
-                                "--latency", "0.02", "--out", str(out), "--plot", str(tmp_path / "p.png")])
+                                "--latency", "0.02", "--hge-sizes", "1", "2", "--hge-time-scale", "0.05",
+                                "--out", str(out), "--plot", str(tmp_path / "p.png")])
     written = json.loads(out.read_text())
     for key in ("efficiency_2", "overhead_1", "identical_parameters", "killed_actor_step_completed",
-                "throughput_1", "cpu_time_ratio_2"):
+                "throughput_1", "cpu_time_ratio_2", "hge_efficiency_2", "hge_overhead_1", "hge_throughput_1"):
         assert key in written
     assert figures["identical_parameters"] is True and figures["cpu_identical_parameters"] is True
+    assert figures["hge_identical_parameters"] is True and figures["hge_same_device_seconds"] is True
+    assert figures["hge_same_windows"] is True
     assert (tmp_path / "p.png").exists()
