@@ -130,6 +130,39 @@ def _kill_mid_step(farm, device_kwargs: dict, pairs: int) -> dict:
     }
 
 
+def _scaling(times: dict, counts: dict, sizes, prefix: str = "") -> tuple[list[list], dict, dict, dict]:
+    """Rows and per-N figures (``{prefix}wall_N_s``, ``throughput_N``, ``efficiency_N``, ``speedup_N`` ...) of
+    interleaved timings ``times[variant] = [wall s, ...]`` of runs that each measured ``counts[variant]``.
+
+    Throughput = counts / wall; efficiency(N) = throughput(N) / (N · throughput(1)); by minima (the contract
+    figures: the farm's own cost) and by medians (``*_median``: as loaded). Returns rows, figures and the
+    median and minimum throughputs by variant.
+    """
+    med = {n: statistics.median(ts) for n, ts in times.items()}
+    best = {n: min(ts) for n, ts in times.items()}
+    thr = {n: counts[n] / med[n] for n in times}
+    thr_best = {n: counts[n] / best[n] for n in times}
+    figures = {f"{prefix}overhead_1": best[1] / best["in-process"] - 1,
+               f"{prefix}overhead_1_median": med[1] / med["in-process"] - 1,
+               f"{prefix}wall_in_process_s": med["in-process"]}
+    rows = [["in-process", "1", f"{med['in-process']:.3f}", f"{best['in-process']:.3f}",
+             f"{thr_best['in-process']:.1f}", "-", "-", "-"]]
+    for n in sizes:
+        eff, eff_med = thr_best[n] / (n * thr_best[1]), thr[n] / (n * thr[1])
+        figures.update({f"{prefix}wall_{n}_s": med[n], f"{prefix}wall_{n}_min_s": best[n],
+                        f"{prefix}throughput_{n}": thr_best[n], f"{prefix}throughput_{n}_median": thr[n],
+                        f"{prefix}efficiency_{n}": eff, f"{prefix}efficiency_{n}_median": eff_med,
+                        f"{prefix}speedup_{n}": best[1] / best[n]})
+        rows.append(["Ray farm", str(n), f"{med[n]:.3f}", f"{best[n]:.3f}", f"{thr_best[n]:.1f}",
+                     f"{best[1] / best[n]:.2f}", f"{eff:.2f}", f"{eff_med:.2f}"])
+    return rows, figures, thr, thr_best
+
+
+def _header(unit: str) -> list[str]:
+    return ["carrier", "devices N", "wall median (s)", "wall min (s)", f"{unit}/s (min)", "speed-up (min)",
+            "efficiency (min)", "efficiency (median)"]
+
+
 HGE_DEVICE = "physgrad.systems.wrappers.latency:latency_dnpu_time"
 HGE_BATCH = 16
 
@@ -185,7 +218,7 @@ def _train_hge(device_kwargs: dict, carrier, steps: int, state: dict):
     return wall, cost.samples, cost.device_seconds, [p.detach().clone() for p in model.parameters()]
 
 
-def _hge_scaling(sizes, rounds: int, steps: int, time_scale: float, load: list) -> tuple[list[list], dict, dict]:
+def _hge_scaling(sizes, rounds: int, steps: int, time_scale: float, load: list) -> tuple[list[list], dict, dict, dict]:
     """HGE-local on a time-domain DNPU whose windows take wall time, in process and on N = ``sizes`` devices."""
     from physgrad.carriers.ray_farm import DeviceFarm
 
@@ -208,15 +241,10 @@ def _hge_scaling(sizes, rounds: int, steps: int, time_scale: float, load: list) 
             load.append(os.getloadavg()[0])
     finally:
         farm.close()
-    med = {n: statistics.median(ts) for n, ts in times.items()}
-    best = {n: min(ts) for n, ts in times.items()}
-    thr = {n: windows[n] / med[n] for n in times}
-    thr_best = {n: windows[n] / best[n] for n in times}
-    figures = {
+    rows, figures, thr, thr_best = _scaling(times, windows, sizes, "hge_")
+    figures.update({
         "hge_time_scale": time_scale, "hge_batch": HGE_BATCH, "hge_steps": steps, "hge_rounds": rounds,
         "hge_windows_per_run": windows[sizes[0]], "hge_device_seconds_per_run": seconds[sizes[0]],
-        "hge_overhead_1": best[1] / best["in-process"] - 1,
-        "hge_overhead_1_median": med[1] / med["in-process"] - 1,
         "hge_identical_parameters": all(all(torch.equal(a, b) for a, b in zip(f, finals["in-process"]))
                                         for f in finals.values()),
         # the same windows and ramps at every N; a split gradient's device seconds are a sum over its parts, so
@@ -224,19 +252,9 @@ def _hge_scaling(sizes, rounds: int, steps: int, time_scale: float, load: list) 
         "hge_same_device_seconds": all(abs(ds - seconds["in-process"]) <= 1e-12 * seconds["in-process"]
                                        for ds in seconds.values()),
         "hge_same_windows": len(set(windows.values())) == 1,
-        "hge_wall_in_process_s": med["in-process"],
-    }
-    rows = [["in-process", "1", f"{med['in-process']:.3f}", f"{best['in-process']:.3f}",
-             f"{thr_best['in-process']:.1f}", "-", "-", "-"]]
-    for n in sizes:
-        eff, eff_med = thr_best[n] / (n * thr_best[1]), thr[n] / (n * thr[1])
-        figures.update({f"hge_wall_{n}_s": med[n], f"hge_wall_{n}_min_s": best[n], f"hge_throughput_{n}": thr_best[n],
-                        f"hge_throughput_{n}_median": thr[n], f"hge_efficiency_{n}": eff,
-                        f"hge_efficiency_{n}_median": eff_med, f"hge_speedup_{n}": best[1] / best[n]})
-        rows.append(["Ray farm", str(n), f"{med[n]:.3f}", f"{best[n]:.3f}", f"{thr_best[n]:.1f}",
-                     f"{best[1] / best[n]:.2f}", f"{eff:.2f}", f"{eff_med:.2f}"])
+    })
     curves = {"thr": thr, "thr_best": thr_best}
-    return rows, figures, curves
+    return rows, figures, thr, thr_best
 
 
 def _cpu_bound(farm_factory, sizes, rounds: int, steps: int, pairs: int, kwargs: dict) -> tuple[list[list], dict]:
@@ -266,6 +284,20 @@ def _cpu_bound(farm_factory, sizes, rounds: int, steps: int, pairs: int, kwargs:
         all(torch.equal(a, b) for a, b in zip(f, finals["in-process"])) for f in finals.values()
     )
     return rows, figures
+
+
+def _throughput_panel(ax, sizes, best: dict, median: dict, color: str, ylabel: str, title: str) -> None:
+    """Throughput against N on the farm (minima, medians), the ideal line and the in-process level."""
+    ax.plot(sizes, [best[n] for n in sizes], "o-", color=color, label="Ray farm (min)")
+    ax.plot(sizes, [median[n] for n in sizes], "s:", ms=4, color=color, label="Ray farm (median)")
+    ax.plot(sizes, [n * best[1] for n in sizes], "k--", lw=0.8, label="ideal (N × N=1)")
+    ax.axhline(best["in-process"], color="grey", lw=0.8, label="in process")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("devices N")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
 
 
 def main(argv=None) -> dict:
@@ -324,7 +356,7 @@ def main(argv=None) -> dict:
         killed = _kill_mid_step(farm, device, args.pairs)
         farm.close()
         hge_sizes = args.hge_sizes or sizes
-        hge_rows, hge_figures, hge_curves = _hge_scaling(hge_sizes, rounds, steps, args.hge_time_scale, load)
+        hge_rows, hge_figures, hge_thr, hge_thr_best = _hge_scaling(hge_sizes, rounds, steps, args.hge_time_scale, load)
 
         def cpu_farm(n, kwargs):
             return DeviceFarm(LATENCY_DEVICE, n, device_kwargs=kwargs)
@@ -339,35 +371,18 @@ def main(argv=None) -> dict:
     # The device time is fixed (it sleeps), so other processes on a shared machine only ever add time:
     # the minimum over the interleaved rounds is the farm's own cost (the contract figures), the
     # median what it cost on this machine as loaded (``*_median``). Both are reported.
+    rows, per_n, thr, thr_best = _scaling(times, queries, sizes)
     med = {n: statistics.median(ts) for n, ts in times.items()}
     best = {n: min(ts) for n, ts in times.items()}
-    thr = {n: queries[n] / med[n] for n in times}
-    thr_best = {n: queries[n] / best[n] for n in times}
     identical = all(all(torch.equal(a, b) for a, b in zip(f, finals["in-process"])) for f in finals.values())
     figures = {
         "latency_s": args.latency, "pairs": args.pairs, "steps": steps, "rounds": rounds, "sizes": " ".join(map(str, sizes)),
         "queries_per_run": queries[sizes[0]], "farm_startup_s": startup,
-        "overhead_1": best[1] / best["in-process"] - 1,
-        "overhead_1_median": med[1] / med["in-process"] - 1,
+        **per_n,
         "identical_parameters": identical,
         "load_average_min": min(load), "load_average_max": max(load),
-        "wall_in_process_s": med["in-process"],
         **killed, **cpu_figures, **hge_figures,
     }
-    rows = [["in-process", "1", f"{med['in-process']:.3f}", f"{best['in-process']:.3f}",
-             f"{thr_best['in-process']:.1f}", "-", "-", "-"]]
-    for n in sizes:
-        eff = thr_best[n] / (n * thr_best[1])
-        eff_med = thr[n] / (n * thr[1])
-        figures[f"wall_{n}_s"] = med[n]
-        figures[f"wall_{n}_min_s"] = best[n]
-        figures[f"throughput_{n}"] = thr_best[n]
-        figures[f"throughput_{n}_median"] = thr[n]
-        figures[f"efficiency_{n}"] = eff
-        figures[f"efficiency_{n}_median"] = eff_med
-        figures[f"speedup_{n}"] = best[1] / best[n]
-        rows.append(["Ray farm", str(n), f"{med[n]:.3f}", f"{best[n]:.3f}", f"{thr_best[n]:.1f}",
-                     f"{best[1] / best[n]:.2f}", f"{eff:.2f}", f"{eff_med:.2f}"])
     # per-probe overhead of the carrier (what the extrapolation uses): (farm N=1 - in-process) per query
     figures["overhead_per_query_ms"] = 1e3 * (best[1] - best["in-process"]) / queries[1]
     figures["overhead_per_query_ms_median"] = 1e3 * (med[1] - med["in-process"]) / queries[1]
@@ -375,8 +390,7 @@ def main(argv=None) -> dict:
 
     print(f"\nLatency-bound device ({args.latency * 1e3:g} ms per setting), PGT-local, {args.pairs} pairs, "
           f"{steps} steps, {rounds} interleaved rounds; load average {min(load):.1f}-{max(load):.1f}\n")
-    print(markdown_table(rows, ["carrier", "devices N", "wall median (s)", "wall min (s)", "queries/s (min)",
-                                "speed-up (min)", "efficiency (min)", "efficiency (median)"]))
+    print(markdown_table(rows, _header("queries")))
     print(f"\noverhead of the Ray carrier at N=1: {100 * figures['overhead_1']:+.1f} % by minima, "
           f"{100 * figures['overhead_1_median']:+.1f} % by medians "
           f"({figures['overhead_per_query_ms']:.2f} ms per query); identical parameters at every N: {identical}; "
@@ -386,8 +400,7 @@ def main(argv=None) -> dict:
     print(f"\nHGE-local on a time-domain DNPU whose waveforms take {args.hge_time_scale:g} × their device time "
           f"(a 0.1 s window: {100 * args.hge_time_scale:g} ms), batch {HGE_BATCH}, {steps} steps, {rounds} interleaved "
           f"rounds, calibrated once beforehand (every run resumes its state)\n")
-    print(markdown_table(hge_rows, ["carrier", "devices N", "wall median (s)", "wall min (s)", "windows/s (min)",
-                                    "speed-up (min)", "efficiency (min)", "efficiency (median)"]))
+    print(markdown_table(hge_rows, _header("windows")))
     print(f"\nHGE: overhead of the Ray carrier at N=1: {100 * figures['hge_overhead_1']:+.1f} % by minima, "
           f"{100 * figures['hge_overhead_1_median']:+.1f} % by medians; identical parameters at every N: "
           f"{figures['hge_identical_parameters']}; same device seconds counted at every N: "
@@ -397,27 +410,9 @@ def main(argv=None) -> dict:
     import matplotlib.pyplot as plt
 
     fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(13, 3.6))
-    a1.plot(sizes, [thr_best[n] for n in sizes], "o-", label="Ray farm (min)")
-    a1.plot(sizes, [thr[n] for n in sizes], "s:", ms=4, label="Ray farm (median)")
-    a1.plot(sizes, [n * thr_best[1] for n in sizes], "k--", lw=0.8, label="ideal (N × N=1)")
-    a1.axhline(thr_best["in-process"], color="grey", lw=0.8, label="in process")
-    a1.set_xscale("log", base=2)
-    a1.set_yscale("log")
-    a1.set_xlabel("devices N")
-    a1.set_ylabel("device queries / s")
-    a1.set_title(f"PGT-local, {args.latency * 1e3:g} ms/setting", fontsize=9)
-    a1.legend(fontsize=8)
-    hthr, hbest = hge_curves["thr"], hge_curves["thr_best"]
-    a3.plot(hge_sizes, [hbest[n] for n in hge_sizes], "o-", color="C2", label="Ray farm (min)")
-    a3.plot(hge_sizes, [hthr[n] for n in hge_sizes], "s:", ms=4, color="C2", label="Ray farm (median)")
-    a3.plot(hge_sizes, [n * hbest[1] for n in hge_sizes], "k--", lw=0.8, label="ideal (N × N=1)")
-    a3.axhline(hbest["in-process"], color="grey", lw=0.8, label="in process")
-    a3.set_xscale("log", base=2)
-    a3.set_yscale("log")
-    a3.set_xlabel("devices N")
-    a3.set_ylabel("windows / s")
-    a3.set_title(f"HGE-local, DNPU windows at {args.hge_time_scale:g}x real time", fontsize=9)
-    a3.legend(fontsize=8)
+    _throughput_panel(a1, sizes, thr_best, thr, "C0", "device queries / s", f"PGT-local, {args.latency * 1e3:g} ms/setting")
+    _throughput_panel(a3, hge_sizes, hge_thr_best, hge_thr, "C2", "windows / s",
+                      f"HGE-local, DNPU windows at {args.hge_time_scale:g}x real time")
     a2.plot(sizes, [figures[f"efficiency_{n}"] for n in sizes], "o-", label="PGT, by minima")
     a2.plot(sizes, [figures[f"efficiency_{n}_median"] for n in sizes], "s:", ms=4, label="PGT, by medians")
     a2.plot(hge_sizes, [figures[f"hge_efficiency_{n}"] for n in hge_sizes], "o-", color="C2", label="HGE, by minima")

@@ -44,12 +44,29 @@ Device identity and per-device state
     physical devices (chips that differ) must report distinct identities (construct them with
     distinct ``name`` s, e.g. through ``per_device``); a farm of devices with different identities
     is refused unless ``heterogeneous=True`` (then per-device state of a method that keys it by the
-    stand-in's identity would be applied to devices it was not measured on: run one farm per device
-    identity for such methods). Energy phases of one sample stay on one device (``shard`` keeps
-    them together).
+    stand-in's identity would be applied to devices it was not measured on). So on a farm of mixed
+    identities, probes that name the device they were asked for (``probes.identity``: HGE's
+    waveform, model and calibration probes) are measured only on the farm's devices of that
+    identity, and refused with a :class:`~physgrad.errors.ConfigError` when it has none: an HGE
+    calibration keyed ``"chip1"`` is measured on chip1 and used for chip1's windows only. Energy
+    phases of one sample stay on one device (``shard`` keeps them together). A resumed method
+    brings its per-device state with it (``state_dict``), so a resumed run does not recalibrate.
+
+Probes answered in process only
+    Probes whose answers only make sense in this process (``probes.portable`` False: the
+    backpropagation oracle's :class:`~physgrad.carriers.probes.Simulation`, whose answers carry
+    autograd history) are refused with a :class:`~physgrad.errors.ConfigError` before anything
+    is measured.
 
 Cost: exact, repeats included
-    Each device counts what it measured; each part's answer comes back with the device's count.
+    Each device counts what it measured; each part's answer comes back with exactly what the
+    device counted for it (:func:`counted`: the device's counters are zeroed for the part and
+    restored to their sum afterwards, so no ``after - before`` rounding enters), and the farm
+    credits the stand-in part by part, in the order asked, as an in-process device would have
+    counted the same device calls. :attr:`DeviceFarm.last_cost` is what the last call's devices
+    counted. A part is one device call: probes split along data points (HGE's windows, EqProp's
+    samples) cost one query per part — the same samples and device seconds as one call, more
+    queries (exactly what ``InProcess(max_parts=N)`` counts for the same split).
     Before a device starts a part it registers the part's dispatched cost with a small ledger
     actor; if the device's process dies mid-part (killed, crashed) the part's dispatched cost stays
     charged, and Ray re-measures the part on the restarted actor (``max_restarts``,
@@ -601,4 +618,4 @@ class DeviceFarm:
         return f"DeviceFarm({len(self._live)}/{self.num_devices} devices{extra})"
 
 
-__all__ = ["RAY_SYSTEM_CONFIG", "DeviceFarm", "build_device", "dispatched_cost", "part_seed", "resolve_factory"]
+__all__ = ["RAY_SYSTEM_CONFIG", "DeviceFarm", "build_device", "counted", "dispatched_cost", "part_seed", "resolve_factory"]
