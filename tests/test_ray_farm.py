@@ -401,7 +401,9 @@ def test_hge_calibration_is_kept_per_device_identity_and_a_resumed_run_does_not_
         for _ in range(2):
             method.backward(model, torch.nn.MSELoss(), x, y)
         dev0, dev1 = farm.device_costs()
-        assert dev0 == Cost() and dev1.queries == 1 + 1 + 1  # calibrated once, then one gradient per step
+        assert dev1.queries == 1 + 1 + 1  # calibrated once, then one gradient per step: all on chip1
+        # chip0 only took the forward measurements (static: they name no device, any chip may answer them)
+        assert dev0.queries == 2 and dev0.device_seconds == pytest.approx(2 * 4 * model[2].system.seconds_per_query)
         assert list(method.calibrations) == ["chip1"]
         # resumed: the state carries chip1's calibration; nothing is recalibrated
         resumed = HGE(0.1, scope="local")
@@ -409,7 +411,8 @@ def test_hge_calibration_is_kept_per_device_identity_and_a_resumed_run_does_not_
         resumed.carrier = farm
         before = farm.cost
         resumed.backward(model, torch.nn.MSELoss(), x, y)
-        assert (farm.cost - before).queries == 1 and resumed.calibration_cost == method.calibration_cost
+        assert (farm.cost - before).queries == 2 and resumed.calibration_cost == method.calibration_cost
+        assert farm.device_costs()[1].queries == 4  # the forward pass and one gradient; no calibration
         # probes asked for a device the farm does not have are refused, naming it
         stray = HGE(0.1, scope="local")
         stray.carrier = farm

@@ -384,7 +384,7 @@ class HGE(GradientMethod):
 
     def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.scope == "local":
-            with gradient_path(model, "estimate", self):
+            with gradient_path(model, "estimate", self, self.carrier):  # the forward measurement too
                 loss = loss_fn(model(x), y)
                 loss.backward()
             return loss
