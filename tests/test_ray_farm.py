@@ -682,3 +682,18 @@ def test_scaling_benchmark_runs_and_writes_its_contract(tmp_path):
     assert figures["hge_identical_parameters"] is True and figures["hge_same_device_seconds"] is True
     assert figures["hge_same_windows"] is True
     assert (tmp_path / "p.png").exists()
+
+
+def test_coordination_benchmark_runs_and_writes_its_figures(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import ray_coordination
+
+    out = tmp_path / "c.json"
+    figures = ray_coordination.main(["--sizes", "1", "2", "--rounds", "1", "--pairs", "4", "--out", str(out),
+                                     "--plot", str(tmp_path / "c.png")])
+    written = json.loads(out.read_text())
+    for key in ("c1_ms", "c0_ms", "call_1_ms", "call_2_ms", "round_trip_2_ms", "ledger_2_ms", "in_process_ms"):
+        assert key in written
+    assert figures["call_2_ms"] > 0 and figures["round_trip_1_ms"] > 0 and (tmp_path / "c.png").exists()
