@@ -267,6 +267,235 @@ def test_a_pair_is_always_measured_on_one_device():
     assert torch.equal(who[:k], torch.sort(who[:k]).values)  # contiguous, in order
 
 
+# ------------------------------------------------------------------ HGE (waveform probes, calibration) through the farm
+def hge_device(name=None):
+    """A noiseless time-domain DNPU with DAC ramps (built in each actor); ``name``: its identity."""
+    from physgrad.systems import time_domain_dnpu
+
+    dev = time_domain_dnpu(None, fs=2000.0, bandwidth_hz=400.0, delay_s=5e-4, white_psd=0.0, dac_ramp_s=1e-3, seed=1)
+    if name is not None:
+        dev.identity = name
+    return dev
+
+
+def hge_net(dev):
+    """digital layer -> DNPU -> digital layer (every path a channel's modulation can travel)."""
+    from torch import nn
+
+    from physgrad.models import PhysicalLayer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), PhysicalLayer(dev), nn.Linear(1, 1))
+    with torch.no_grad():
+        model[0].weight.mul_(0.3)
+        model[0].bias.mul_(0.3)
+        model[-1].weight.fill_(0.05)
+        model[-1].bias.fill_(0.1)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)) * 0.5
+    return model, x, torch.randn(4, 1, generator=torch.Generator().manual_seed(2))
+
+
+def _hge_steps(scope, carrier, steps=2):
+    """Two SGD steps of HGE on ``hge_net``: [(loss, grads, last_cost)], final parameters, the method."""
+    from physgrad.methods import HGE
+
+    model, x, y = hge_net(hge_device())
+    method = HGE(0.1, scope=scope)
+    if carrier is not None:
+        method.carrier = carrier
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = method.backward(model, torch.nn.MSELoss(), x, y)
+        out.append((loss, grads_of(model), method.last_cost))
+        opt.step()
+    return out, [p.detach().clone() for p in model.parameters()], method
+
+
+@pytest.fixture(scope="module")
+def hge_farm():
+    with DeviceFarm(hge_device, 4) as farm:
+        yield farm
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_hge_through_the_farm_equals_in_process_values_and_counted_cost(hge_farm, scope):
+    """Bit-identical losses, gradients and parameters at N = 1, 2, 4; the cost is what the devices counted.
+
+    The calibration, the DAC ramps and every window are counted on the farm's devices and credited to
+    the model's stand-in. Global scope: one network, one waveform (never split): the cost equals the
+    in-process cost in every field. Local scope: the gradient's windows are split along the data points
+    over the devices, each part one device call (a query of its own windows): samples and device seconds
+    equal the in-process cost, queries are one per device call — exactly the in-process cost of the same
+    split (``InProcess(max_parts=N)``).
+    """
+    plain, plain_final, _ = _hge_steps(scope, None)
+    for n in (1, 2, 4):
+        hge_farm.active = n
+        got, final, method = _hge_steps(scope, hge_farm)
+        split, _, _ = _hge_steps(scope, InProcess(max_parts=n))
+        assert all(torch.equal(a, b) for a, b in zip(final, plain_final)), f"training differs at N={n}"
+        for step, ((l0, g0, c0), (l1, g1, c1), (_, _, c2)) in enumerate(zip(plain, got, split)):
+            assert torch.equal(l0, l1), (n, step)
+            assert all(torch.equal(a, b) for a, b in zip(g0, g1)), (n, step)
+            assert c1 == c2, (n, step, c1, c2)
+            if scope == "global" or n == 1:
+                assert c1 == c0, (n, step, c1, c0)
+            else:  # step 0: [calibration, gradient in N-1 parts]; then the gradient in N parts
+                assert c1.queries == c0.queries + (n - 2 if step == 0 else n - 1), (n, step, c1, c0)
+                assert c1.samples == c0.samples, (n, step, c1, c0)
+                # device seconds: a sum over the parts instead of one product; float rounding only
+                assert c1.device_seconds == pytest.approx(c0.device_seconds, rel=1e-14, abs=0), (n, step, c1, c0)
+        # the calibration (6 s of device time) was measured once, on the farm, and counted there
+        assert method.calibration_cost.queries == 1 and method.calibration_cost.device_seconds > 6
+        assert got[0][2].device_seconds > method.calibration_cost.device_seconds > got[1][2].device_seconds
+    hge_farm.active = None
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_hge_estimate_cost_is_the_sum_of_what_the_farms_devices_counted(scope):
+    """ask -> farm -> tell by hand on fresh devices: ``Estimate.cost`` equals the devices' own counters."""
+    from physgrad.methods import HGE
+
+    with DeviceFarm(hge_device, 2) as farm:
+        stand_in = hge_device()
+        model, x, y = hge_net(stand_in)
+        method = HGE(0.1, scope=scope)
+        estimates = []
+        for rnd in range(2):  # with the calibration in front, then without
+            if scope == "local":
+                layer = model[2]
+                inputs = torch.tanh(model[0](x)).detach()
+                probes = method.ask(layer.device_parameters(), inputs, system=stand_in, input_grad=True)
+                cot = torch.ones(4, 1)
+            else:
+                probes = method.ask_model(model, torch.nn.MSELoss(), x, y)
+                cot = torch.ones(4, 1)
+            assert type(probes).__name__ == ("CalibratedProbes" if rnd == 0 else
+                                            "WaveformProbes" if scope == "local" else "ModelProbes")
+            before = stand_in.cost
+            est = method.tell(probes, farm(stand_in, probes), cot)
+            estimates.append(est)
+            assert est.cost == farm.last_cost, (rnd, est.cost, farm.last_cost)
+            assert est.cost.queries == probes.count
+            if rnd == 0:  # fresh devices: their counters are exactly this call's
+                counted = farm.device_costs()
+                assert est.cost == counted[0] + counted[1] and stand_in.cost == est.cost
+                assert counted[0] == probes.calibration.cost  # device 0 played the calibration (DAC ramp included)
+                assert counted[1].queries == 1 and counted[1].device_seconds > 0
+            else:  # the stand-in's counters are cumulative: their difference is exact in queries and samples
+                spent = stand_in.cost - before
+                assert (spent.queries, spent.samples) == (est.cost.queries, est.cost.samples)
+                assert spent.device_seconds == pytest.approx(est.cost.device_seconds, rel=1e-14, abs=0)
+        assert farm.cost == estimates[0].cost + estimates[1].cost
+        assert list(method.calibrations) == [stand_in.identity]
+
+
+def test_hge_calibration_is_kept_per_device_identity_and_a_resumed_run_does_not_recalibrate():
+    from physgrad.methods import HGE
+
+    # distinct chips: the probes asked for chip1 (its calibration, keyed 'chip1') are measured on chip1 only
+    with DeviceFarm(hge_device, 2, per_device=lambda i: {"name": f"chip{i}"}, heterogeneous=True) as farm:
+        model, x, y = hge_net(hge_device("chip1"))
+        method = HGE(0.1, scope="local")
+        method.carrier = farm
+        for _ in range(2):
+            method.backward(model, torch.nn.MSELoss(), x, y)
+        dev0, dev1 = farm.device_costs()
+        assert dev1.queries == 1 + 1 + 1  # calibrated once, then one gradient per step: all on chip1
+        # chip0 only took the forward measurements (static: they name no device, any chip may answer them)
+        assert dev0.queries == 2 and dev0.device_seconds == pytest.approx(2 * 4 * model[2].system.seconds_per_query)
+        assert list(method.calibrations) == ["chip1"]
+        # resumed: the state carries chip1's calibration; nothing is recalibrated
+        resumed = HGE(0.1, scope="local")
+        resumed.load_state_dict(method.state_dict())
+        resumed.carrier = farm
+        before = farm.cost
+        resumed.backward(model, torch.nn.MSELoss(), x, y)
+        assert (farm.cost - before).queries == 2 and resumed.calibration_cost == method.calibration_cost
+        assert farm.device_costs()[1].queries == 4  # the forward pass and one gradient; no calibration
+        # probes asked for a device the farm does not have are refused, naming it
+        stray = HGE(0.1, scope="local")
+        stray.carrier = farm
+        other, x2, y2 = hge_net(hge_device("chip9"))
+        with pytest.raises(ConfigError, match="'chip9'.*no live device"):
+            stray.backward(other, torch.nn.MSELoss(), x2, y2)
+
+
+# ------------------------------------------------------------------ every method of the registry
+NOISELESS = {"dnpu-time": {"white_psd": 0.0}}  # registry devices whose default has measurement noise: switched off
+RELAXATION_TOLERANCE = {"eqprop"}  # probes split along samples, each part relaxed to the device's tolerance
+
+
+@pytest.fixture(scope="module")
+def config_farms():
+    """One farm of 2 per (default device, default dataset), shared by the methods that use it."""
+    from physgrad.experiments.sweep import farm_for_config
+
+    farms = {}
+
+    def get(cfg):
+        key = (cfg.entry.default_device, cfg.entry.default_dataset)
+        if key not in farms:
+            farms[key] = farm_for_config(cfg, 2)
+        return farms[key]
+
+    yield get
+    for farm in farms.values():
+        farm.close()
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_registry_method_trains_one_step_through_a_farm_of_2_like_in_process(config_farms, name):
+    """Each method on its registry device and dataset: one step in process, one through a farm of 2.
+
+    Bit-identical (loss, gradients, parameters, cost) for every method deterministic given its seed, on
+    noiseless devices; EqProp within its relaxation tolerance (each part relaxes on its own); the
+    backpropagation oracle (Simulation probes: autograd history) is refused with a clear error.
+    """
+    from physgrad.experiments.config import TrainConfig, build, loss_function
+
+    entry = method_entry(name)
+    cfg = TrainConfig(method=name, train_samples=16, test_samples=8, batch_size=8, epochs=1, reservoir_size=16,
+                      reservoir_inputs=8, device_args=dict(NOISELESS.get(entry.default_device, {})))
+    farm = config_farms(cfg)
+    results = []
+    for carrier in (None, farm):
+        data, model, method, opt = build(cfg)
+        if carrier is not None:
+            method.carrier = carrier
+        x, y = data.x_train[:8], data.y_train[:8]
+        opt.zero_grad()
+        if entry.kind == "oracle" and carrier is not None:
+            before = farm.cost
+            with pytest.raises(ConfigError, match="answered in process only"):
+                method.backward(model, loss_function(model), x, y)
+            # refused before the simulator was asked (local scope: the forward pass was measured, and counted)
+            assert (farm.cost - before).queries == (1 if cfg.scope == "local" else 0)
+            return
+        loss = method.backward(model, loss_function(model), x, y)
+        grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        opt.step()
+        results.append((loss, grads, method.last_cost, [p.detach().clone() for p in model.parameters()]))
+    (l0, g0, c0, p0), (l1, g1, c1, p1) = results
+    assert c0.queries > 0 and c1.queries > 0
+    if name in RELAXATION_TOLERANCE:
+        # each part's states relax to the device's tolerance τ on their own: the loss agrees to τ and the
+        # gradient (a difference of energy derivatives divided by the nudging β) to 2τ/β
+        from physgrad.models.physical_layer import systems_of
+
+        tau, beta = systems_of(model)[0].tolerance, method.beta
+        assert torch.allclose(l0, l1, rtol=0, atol=tau)
+        assert all(torch.allclose(a, b, rtol=0, atol=2 * tau / beta) for a, b in zip(g0, g1) if a is not None)
+        assert c1.samples == c0.samples and c1.queries >= c0.queries
+    else:
+        assert torch.equal(l0, l1)
+        assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(g0, g1))
+        assert all(torch.equal(a, b) for a, b in zip(p0, p1))
+        assert c1 == c0, (c1, c0)
+
+
 # ------------------------------------------------------------------ faults
 def test_killed_actor_step_completes_and_every_query_is_counted():
     latency = 0.4
@@ -445,10 +674,28 @@ def test_scaling_benchmark_runs_and_writes_its_contract(tmp_path):
 
     out = tmp_path / "f.json"
     figures = ray_scaling.main(["--quick", "--sizes", "1", "2", "--rounds", "1", "--steps", "1", "--pairs", "4",
-                                "--latency", "0.02", "--out", str(out), "--plot", str(tmp_path / "p.png")])
+                                "--latency", "0.02", "--hge-sizes", "1", "2", "--hge-time-scale", "0.05",
+                                "--out", str(out), "--plot", str(tmp_path / "p.png")])
     written = json.loads(out.read_text())
     for key in ("efficiency_2", "overhead_1", "identical_parameters", "killed_actor_step_completed",
-                "throughput_1", "cpu_time_ratio_2"):
+                "throughput_1", "cpu_time_ratio_2", "hge_efficiency_2", "hge_overhead_1", "hge_throughput_1"):
         assert key in written
     assert figures["identical_parameters"] is True and figures["cpu_identical_parameters"] is True
+    assert figures["hge_identical_parameters"] is True and figures["hge_same_device_seconds"] is True
+    assert figures["hge_same_windows"] is True
     assert (tmp_path / "p.png").exists()
+
+
+def test_coordination_benchmark_runs_and_writes_its_figures(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import ray_coordination
+
+    out = tmp_path / "c.json"
+    figures = ray_coordination.main(["--sizes", "1", "2", "--rounds", "1", "--pairs", "4", "--out", str(out),
+                                     "--plot", str(tmp_path / "c.png")])
+    written = json.loads(out.read_text())
+    for key in ("c1_ms", "c0_ms", "call_1_ms", "call_2_ms", "round_trip_2_ms", "ledger_2_ms", "in_process_ms"):
+        assert key in written
+    assert figures["call_2_ms"] > 0 and figures["round_trip_1_ms"] > 0 and (tmp_path / "c.png").exists()

@@ -32,6 +32,10 @@ import torch
 class Probes(abc.ABC):
     """Base of every probes object (see the module docstring). Subclasses are usually dataclasses."""
 
+    #: False: the answers only make sense in this process (they carry autograd history), so a carrier
+    #: that answers elsewhere (a device server, a Ray farm) must refuse them before measuring anything.
+    portable = True
+
     @abc.abstractmethod
     def answer(self, system: Any) -> Any:
         """Answer these probes on ``system`` in-process (the one device call)."""
@@ -116,6 +120,8 @@ class Simulation(Measurement):
 
     Answers carry autograd history, so only an in-process carrier can return them.
     """
+
+    portable = False
 
     def answer(self, system: Any) -> torch.Tensor:
         # grad mode is off inside a backward pass (the local scope asks from a layer's backward)

@@ -44,12 +44,29 @@ Device identity and per-device state
     physical devices (chips that differ) must report distinct identities (construct them with
     distinct ``name`` s, e.g. through ``per_device``); a farm of devices with different identities
     is refused unless ``heterogeneous=True`` (then per-device state of a method that keys it by the
-    stand-in's identity would be applied to devices it was not measured on: run one farm per device
-    identity for such methods). Energy phases of one sample stay on one device (``shard`` keeps
-    them together).
+    stand-in's identity would be applied to devices it was not measured on). So on a farm of mixed
+    identities, probes that name the device they were asked for (``probes.identity``: HGE's
+    waveform, model and calibration probes) are measured only on the farm's devices of that
+    identity, and refused with a :class:`~physgrad.errors.ConfigError` when it has none: an HGE
+    calibration keyed ``"chip1"`` is measured on chip1 and used for chip1's windows only. Energy
+    phases of one sample stay on one device (``shard`` keeps them together). A resumed method
+    brings its per-device state with it (``state_dict``), so a resumed run does not recalibrate.
+
+Probes answered in process only
+    Probes whose answers only make sense in this process (``probes.portable`` False: the
+    backpropagation oracle's :class:`~physgrad.carriers.probes.Simulation`, whose answers carry
+    autograd history) are refused with a :class:`~physgrad.errors.ConfigError` before anything
+    is measured.
 
 Cost: exact, repeats included
-    Each device counts what it measured; each part's answer comes back with the device's count.
+    Each device counts what it measured; each part's answer comes back with exactly what the
+    device counted for it (:func:`counted`: the device's counters are zeroed for the part and
+    restored to their sum afterwards, so no ``after - before`` rounding enters), and the farm
+    credits the stand-in part by part, in the order asked, as an in-process device would have
+    counted the same device calls. :attr:`DeviceFarm.last_cost` is what the last call's devices
+    counted. A part is one device call: probes split along data points (HGE's windows, EqProp's
+    samples) cost one query per part — the same samples and device seconds as one call, more
+    queries (exactly what ``InProcess(max_parts=N)`` counts for the same split).
     Before a device starts a part it registers the part's dispatched cost with a small ledger
     actor; if the device's process dies mid-part (killed, crashed) the part's dispatched cost stays
     charged, and Ray re-measures the part on the restarted actor (``max_restarts``,
@@ -184,22 +201,55 @@ class _Worker:
         return c if isinstance(c, Cost) else Cost()
 
     def answer(self, call: int, parts: list[tuple[int, Probes]], noise_seed: int | None) -> dict:
-        """Answer ``parts`` (``(index, probes)``) one device call each; errors come back as values."""
+        """Answer ``parts`` (``(index, probes)``) one device call each; errors come back as values.
+
+        Each answer comes back with exactly what the device counted while answering it (see
+        :func:`counted`), so the caller can credit its stand-in part by part, as an in-process
+        device would have counted them.
+        """
         import ray
 
         attempt = uuid.uuid4().hex
         expected = sum((dispatched_cost(self.system, p) for _, p in parts), Cost())
         ray.get(self.ledger.begin.remote(call, attempt, expected))
-        answers: list[tuple[int, Any, str | None]] = []
-        before = self.cost()
+        answers: list[tuple[int, Any, str | None, Cost]] = []
         for index, part in parts:
             if noise_seed is not None:
                 _reseed(self.system, part_seed(noise_seed, call, index))
-            try:
-                answers.append((index, part.answer(self.system), None))
-            except MeasurementError as e:
-                answers.append((index, None, f"{type(e).__name__}: {e}"))
-        return {"attempt": attempt, "answers": answers, "cost": self.cost() - before, "pid": os.getpid()}
+            (answer, error), cost = counted(self.system, lambda: _answer_or_error(part, self.system))
+            answers.append((index, answer, error, cost))
+        return {"attempt": attempt, "answers": answers, "pid": os.getpid()}
+
+
+def _answer_or_error(probes: Probes, system: Any) -> tuple[Any, str | None]:
+    try:
+        return probes.answer(system), None
+    except MeasurementError as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def counted(system: Any, fn: Callable[[], Any]) -> tuple[Any, Cost]:
+    """``(fn(), what system counted during it)``, exactly.
+
+    The device's counters are cumulative floats: ``after - before`` can differ from the increment
+    the device added in the last bit. So the counters are zeroed for the call and set back to
+    ``before + spent`` afterwards: ``spent`` is bit for bit what the device added (from zero), the
+    number an in-process stand-in adds to its own counters for the same device call. A device
+    without ``reset_counters`` falls back to the difference.
+    """
+    before = system.cost if isinstance(getattr(system, "cost", None), Cost) else None
+    if before is None:
+        return fn(), Cost()
+    reset = getattr(system, "reset_counters", None)
+    if callable(reset):
+        reset()
+    try:
+        return fn(), (system.cost if callable(reset) else system.cost - before)
+    finally:
+        if callable(reset):
+            spent = system.cost
+            total = before + spent
+            system.queries, system.samples, system.device_seconds = total.queries, total.samples, total.device_seconds
 
 
 class _Ledger:
@@ -307,6 +357,7 @@ class DeviceFarm:
         self.timeout = None if timeout is None else float(timeout)
         self.calls = 0
         self.cost = Cost()
+        self.last_cost = Cost()  # what the devices counted in the last call (part by part, in the order asked)
         self.lost_cost = Cost()  # part of ``cost``: charged for parts whose device died mid-part
         self.redispatched = 0
         self._started_ray = False
@@ -386,16 +437,23 @@ class DeviceFarm:
     # ------------------------------------------------------------------ carrying
     def __call__(self, system: Any, probes: Probes) -> Any:
         ray = self._ray
+        if not getattr(probes, "portable", True):
+            raise ConfigError(
+                f"device farm: {type(probes).__name__} probes are answered in process only (their answers carry "
+                "autograd history: the backpropagation oracle differentiates through the simulator here); carry them "
+                "with the default InProcess carrier. Nothing was measured"
+            )
         if not self._live:
             raise MeasurementError("device farm: every device has been retired; nothing can measure")
         self.calls += 1
         call = self.calls
-        parts = probes.shard(self.grain or len(self._serving()))
+        parts = probes.shard(self.grain or len(self._serving_for(probes)))
         results: list[Any] = [None] * len(parts)
         tried: dict[int, set[int]] = {i: set() for i in range(len(parts))}
         errors: dict[int, str] = {}
-        spent, done, restarted = Cost(), [], False
-        queue = self._assign(list(range(len(parts))))
+        counts: list[tuple[int, int, Cost]] = []  # (part, order of report, what its device counted)
+        done, restarted = [], False
+        queue = self._assign(list(range(len(parts))), self._serving_for(probes))
         try:
             while queue:
                 refs = {}
@@ -421,9 +479,9 @@ class DeviceFarm:
                     if out["pid"] != self.pids[dev]:  # Ray restarted the device: a part may have died in it
                         restarted = True
                         self.pids[dev] = out["pid"]
-                    spent = spent + out["cost"]
                     failed = False
-                    for i, answer, err in out["answers"]:
+                    for i, answer, err, cost in out["answers"]:
+                        counts.append((i, len(counts), cost))
                         if err is None:
                             results[i] = answer
                         else:
@@ -438,7 +496,8 @@ class DeviceFarm:
                 if again:
                     self.redispatched += len(again)
                     for i in sorted(again):
-                        choices = [d for d in self._serving() + self._live if d not in tried[i]]
+                        serving = self._serving_for(probes)
+                        choices = [d for d in serving + self._live_for(probes) if d not in tried[i]]
                         if not choices:
                             why = errors.get(i, "its device was retired")
                             raise MeasurementError(
@@ -454,17 +513,43 @@ class DeviceFarm:
             # ledger only forgets this call's entries, without a round trip.
             settled = self._ledger.settle.remote(call, done)
             lost = ray.get(settled) if restarted else Cost()
+            # credit part by part in the order asked (an in-process device counts its calls in that order)
+            spent = Cost()
+            for _, _, cost in sorted(counts, key=lambda c: (c[0], c[1])):
+                spent = spent + cost
+                _credit(system, cost)
             spent = spent + lost
+            _credit(system, lost)
             self.lost_cost = self.lost_cost + lost
+            self.last_cost = spent
             self.cost = self.cost + spent
-            _credit(system, spent)
         if len(parts) == 1:
             return results[0]
         return probes.join(results)
 
-    def _assign(self, indices: list[int]) -> dict[int, list[int]]:
-        """Contiguous groups of part indices for the live devices, in order."""
-        live = self._serving()
+    def _live_for(self, probes: Any) -> list[int]:
+        """Live devices that may answer ``probes``: those of the identity the probes name, if they name one."""
+        want = getattr(probes, "identity", None)
+        if want is None or len(set(self.identities)) == 1:
+            return list(self._live)
+        return [d for d in self._live if self.identities[d] == want]
+
+    def _serving_for(self, probes: Any) -> list[int]:
+        """The serving devices that may answer ``probes`` (per-device state stays with its identity)."""
+        want = getattr(probes, "identity", None)
+        if want is None or len(set(self.identities)) == 1:
+            return self._serving()
+        mine = [d for d in self._live if self.identities[d] == want]
+        if not mine:
+            raise ConfigError(
+                f"device farm: these {type(probes).__name__} were asked for device {want!r} (state keyed by its "
+                f"identity), and no live device of the farm has that identity ({sorted(set(self.identities))})"
+            )
+        return mine if self._active is None else mine[: self._active]
+
+    def _assign(self, indices: list[int], live: list[int] | None = None) -> dict[int, list[int]]:
+        """Contiguous groups of part indices for the (serving) devices, in order."""
+        live = self._serving() if live is None else live
         out: dict[int, list[int]] = {}
         for dev, (a, b) in zip(live, split_points(len(indices), len(live))):
             if b > a:
@@ -533,4 +618,4 @@ class DeviceFarm:
         return f"DeviceFarm({len(self._live)}/{self.num_devices} devices{extra})"
 
 
-__all__ = ["RAY_SYSTEM_CONFIG", "DeviceFarm", "build_device", "dispatched_cost", "part_seed", "resolve_factory"]
+__all__ = ["RAY_SYSTEM_CONFIG", "DeviceFarm", "build_device", "counted", "dispatched_cost", "part_seed", "resolve_factory"]

@@ -267,7 +267,7 @@ class HGE(GradientMethod):
                         read_calibration(probes.calibration, self._finite(cal_answers), self.settings.calibration_snr,
                                          self.settings.per_channel))
             est = self.tell(probes.gradient, answers, cotangent)
-            return Estimate(est.grads, est.input_grad, probes.calibration.cost + est.cost)
+            return Estimate(est.grads, est.input_grad, probes.cost)
         if isinstance(probes, CalibrationProbes):
             self._store(probes.identity, read_calibration(probes, self._finite(answers), self.settings.calibration_snr,
                                                           self.settings.per_channel))
@@ -384,7 +384,7 @@ class HGE(GradientMethod):
 
     def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.scope == "local":
-            with gradient_path(model, "estimate", self):
+            with gradient_path(model, "estimate", self, self.carrier):  # the forward measurement too
                 loss = loss_fn(model(x), y)
                 loss.backward()
             return loss

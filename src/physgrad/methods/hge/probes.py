@@ -20,6 +20,7 @@ from torch.func import functional_call, vmap
 
 from ...cost import Cost
 from ...errors import ConfigError, RangeError
+from ...models.physical_layer import physical_layers
 from .calibration import CalibrationProbes
 from .plan import FrequencyPlan
 
@@ -79,10 +80,13 @@ class WaveformProbes:
     input_shape: tuple[int, ...] | None = None
     clip: tuple[float, float] | None = None
     ramp_samples: int = 0
+    #: batch sizes of the device calls a carrier split these probes into (set by :meth:`shard`; None: one call).
+    #: Each call is a query of its own windows, so the count and cost follow the split.
+    carried: tuple[int, ...] | None = None
 
     @property
     def count(self) -> int:
-        return 1
+        return 1 if self.carried is None else len(self.carried)
 
     @property
     def window_samples(self) -> int:
@@ -96,25 +100,39 @@ class WaveformProbes:
 
     @property
     def cost(self) -> Cost:
-        b = self.batch
-        return Cost(1, b, b * (self.window_samples + self.ramp_samples) / self.plan.fs)
+        """What the device counts: per device call 1 query, ``b`` windows, ``b·(N + ramp)/fs`` s (summed in call order)."""
+        total = Cost()
+        for c in self.part_costs():
+            total = total + c
+        return total
+
+    def part_costs(self) -> list[Cost]:
+        """The cost of each device call these probes were carried in, in order (one call unless split)."""
+        return [Cost(1, b, b * (self.window_samples + self.ramp_samples) / self.plan.fs)
+                for b in (self.carried or (self.batch,))]
 
     def answer(self, system) -> torch.Tensor:
         return system.measure_waveform(self.params, self.inputs)
 
     def shard(self, n: int) -> list["WaveformProbes"]:
-        """Up to ``n`` parts along the data points (each part one query of its own windows)."""
+        """Up to ``n`` parts along the data points (each part one query of its own windows).
+
+        Records the split in ``carried``: a carrier that shards the probes answers them in that many
+        device calls, and :attr:`count`/:attr:`cost` say so (what the devices count).
+        """
         b = self.batch
         if n <= 1 or b <= 1 or self.inputs is None:
+            self.carried = None
             return [self]
         bounds = [round(i * b / min(n, b)) for i in range(min(n, b) + 1)]
         parts = []
         for lo, hi in zip(bounds, bounds[1:]):
             if self.input_amplitudes is not None:
                 parts.append(replace(self, inputs=self.inputs[:, lo:hi], input_amplitudes=self.input_amplitudes[lo:hi],
-                                     input_shape=(hi - lo, *self.input_shape[1:])))
+                                     input_shape=(hi - lo, *self.input_shape[1:]), carried=None))
             else:
-                parts.append(replace(self, inputs=self.inputs[lo:hi]))
+                parts.append(replace(self, inputs=self.inputs[lo:hi], carried=None))
+        self.carried = tuple(hi - lo for lo, hi in zip(bounds, bounds[1:]))
         return parts
 
     def join(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -169,17 +187,51 @@ class ModelProbes:
         return sum((Cost(1, b, b * (self.window_samples + r) / self.plan.fs) for b, r in self.calls), Cost())
 
     def answer(self, system=None) -> GlobalAnswers:
+        """Play the network on ``system`` (``None`` or the model's own device: the model as it is).
+
+        Any other ``system`` plays in place of the model's device: a carrier that takes these probes to
+        another device of the same identity (a Ray farm's actor, which receives a *copy* of the model)
+        must have that device measure and count, not the copy of the stand-in that travels inside the
+        model.
+        """
         model, x, y, loss_fn = self.model, self.x, self.y, self.loss_fn
-        with contextlib.ExitStack() as stack, torch.no_grad():
-            records = [stack.enter_context(d.recording()) for d in self.devices]
-            for d in self.devices:
+        with self.played_on(system) as devices, contextlib.ExitStack() as stack, torch.no_grad():
+            records = [stack.enter_context(d.recording()) for d in devices]
+            for d in devices:
                 stack.enter_context(d.waveform_mode())
             if loss_fn is not None:
                 out = vmap(lambda p: loss_fn(functional_call(model, p, (x,)), y), randomness="same")(self.params)
             else:
                 out = vmap(lambda p: functional_call(model, p, (x,)), randomness="same")(self.params)
         return GlobalAnswers(out, [torch.cat(r, dim=1) if r else torch.zeros(0) for r in records],
-                             [d.clip for d in self.devices])
+                             [d.clip for d in devices])
+
+    @contextlib.contextmanager
+    def played_on(self, system):
+        """Inside: the model's physical layers hold ``system`` in place of the model's device; yields the devices."""
+        if system is None or any(system is d for d in self.devices):
+            yield list(self.devices)
+            return
+        if len(self.devices) != 1:
+            raise ConfigError(
+                f"hge: these global-scope probes play a network of {len(self.devices)} devices as one waveform; another "
+                f"carrier's device ({type(system).__name__}) cannot stand in for all of them. Answer them in process, or "
+                "use scope='local' (one device's probes at a time)"
+            )
+        if str(getattr(system, "identity", "")) != self.identity:
+            raise ConfigError(
+                f"hge: these probes were asked for device {self.identity!r} (its calibration, its routes); device "
+                f"{getattr(system, 'identity', None)!r} cannot answer them"
+            )
+        stand_in = self.devices[0]
+        layers = [layer for _, layer in physical_layers(self.model) if layer.system is stand_in]
+        for layer in layers:
+            layer.system = system
+        try:
+            yield [system]
+        finally:
+            for layer in layers:
+                layer.system = stand_in
 
     def shard(self, n: int) -> list["ModelProbes"]:
         return [self]  # one network, one waveform
@@ -200,8 +252,17 @@ class CalibratedProbes:
         return self.calibration.count + self.gradient.count
 
     @property
+    def identity(self) -> str:
+        """The device these probes are for (its calibration is measured and used on that identity)."""
+        return self.calibration.identity
+
+    @property
     def cost(self) -> Cost:
-        return self.calibration.cost + self.gradient.cost
+        """The calibration's cost, then each device call of the gradient, summed in the order they are played."""
+        total = self.calibration.cost
+        for c in self.gradient.part_costs() if hasattr(self.gradient, "part_costs") else [self.gradient.cost]:
+            total = total + c
+        return total
 
     def answer(self, system) -> tuple:
         return self.calibration.answer(system), self.gradient.answer(system)

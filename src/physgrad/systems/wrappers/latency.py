@@ -16,6 +16,7 @@ import torch
 
 from ..base import PhysicalSystem
 from .base import SystemWrapper
+from .timedomain import TimeDomainDevice
 
 
 class Latency(SystemWrapper):
@@ -54,4 +55,36 @@ def latency_reservoir(input_size: int = 16, size: int = 64, seconds_per_setting:
     return Latency(RandomReservoir(input_size, size, seed=seed, **kwargs), seconds_per_setting)
 
 
-__all__ = ["Latency", "latency_reservoir"]
+class RealTimeDevice(TimeDomainDevice):
+    """A time-domain device whose waveforms take wall time: ``time_scale`` × the device seconds it counts for
+    each play (DAC ramps, settling and the window of every data point, played one after another).
+
+    ``time_scale=1``: real time; ``0.2``: a device five times faster (a 0.1 s HGE window takes 20 ms, the
+    issue's example). Static measurements are not slowed. Built by :func:`latency_dnpu_time`.
+    """
+
+    time_scale: float = 1.0
+
+    def measure_waveform(self, params, inputs):
+        before = self.device_seconds
+        out = super().measure_waveform(params, inputs)
+        wait = (self.device_seconds - before) * self.time_scale
+        if wait > 0:
+            time.sleep(wait)
+        return out
+
+
+def latency_dnpu_time(time_scale: float = 1.0, seed: int = 0, **options: Any) -> RealTimeDevice:
+    """The registry's time-domain DNPU (``time_domain_dnpu``: the HGE paper's settings) whose waveforms take wall
+    time (:class:`RealTimeDevice`; a factory for farms). ``options``: those of ``time_domain_dnpu``."""
+    from ..devices.dnpu import time_domain_dnpu
+
+    if not time_scale >= 0:
+        raise ValueError(f"time_scale must be >= 0, got {time_scale!r}")
+    device = time_domain_dnpu(None, seed=seed, **options)
+    device.__class__ = RealTimeDevice  # the same device, built by the same factory; only its plays take time
+    device.time_scale = float(time_scale)
+    return device
+
+
+__all__ = ["Latency", "RealTimeDevice", "latency_dnpu_time", "latency_reservoir"]
