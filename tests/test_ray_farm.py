@@ -557,6 +557,22 @@ def test_device_that_keeps_failing_is_retired_and_training_goes_on():
         assert any("device 1 retired" in str(w.message) for w in caught)
 
 
+def _kill_and_wait(actor, timeout_s=60.0):
+    """Kill an actor for good and wait until Ray reports it dead (``ray.kill`` only requests the kill:
+    on a loaded machine a call sent right after it may still be served)."""
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.info.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    raise AssertionError(f"actor still answering {timeout_s} s after ray.kill")
+
+
 def test_actor_dead_for_good_is_retired_and_its_share_measured_elsewhere():
     dev = RandomReservoir(**DEVICE)
     method = make_method("pgt", num_pairs=4, delta=1e-2, scope="local")
@@ -564,13 +580,13 @@ def test_actor_dead_for_good_is_retired_and_its_share_measured_elsewhere():
     probes = method.ask(dev.initial_parameters(), x, bounds=dev.parameter_bounds(), system=dev)
     expected = InProcess()(RandomReservoir(**DEVICE), probes)
     with DeviceFarm(RESERVOIR, 2, device_kwargs=DEVICE, max_restarts=0, max_task_retries=0) as farm:
-        ray.kill(farm.actors[1], no_restart=True)
+        _kill_and_wait(farm.actors[1])
         with pytest.warns(RuntimeWarning, match="device 1 retired"):
             answers = farm(dev, probes)
         assert torch.equal(answers, expected)
         assert farm.live == [0]
         assert farm.cost == Cost(8, 24, 0.0)
-        ray.kill(farm.actors[0], no_restart=True)
+        _kill_and_wait(farm.actors[0])
         with pytest.warns(RuntimeWarning), pytest.raises(MeasurementError, match="failed on every device"):
             farm(dev, probes)
         with pytest.raises(MeasurementError, match="every device has been retired"):
