@@ -45,7 +45,7 @@ from physgrad.data import suite
 from physgrad.data.datasets import Dataset
 from physgrad.methods import PGT, Backprop
 from physgrad.methods.baselines import CMAES, BlackBoxMethod, Nevergrad
-from physgrad.methods.defaults import DEFAULTS, default_lr
+from physgrad.methods.defaults import DEFAULTS, default_optimizer, default_schedule
 from physgrad.models import ReservoirNet
 from physgrad.models.physical_layer import clamp_to_safe_range_
 from physgrad.systems import RandomReservoir
@@ -88,22 +88,24 @@ class Setting:
         d = num_params(model)
         if self.name == "backprop":
             lr = o.get("lr", DEFAULTS["backprop"]["lr"])
-            return Backprop(seed=seed), torch.optim.Adam(model.parameters(), lr=lr)
+            return Backprop(seed=seed), (default_optimizer(model, "backprop", lr=lr), None)
         if self.name in FORWARD_ONLY:
             scope = "local" if self.name == "pgt_local" else "global"
             cfg = {**DEFAULTS[scope], **o}
-            k = cfg["num_pairs"]
-            if scope == "global":
-                lr = o.get("lr", cfg["lr_constant"] * k / (d + k))
-            else:
-                lr = cfg["lr"]
+            k = int(cfg["num_pairs"])
+            lr = o.get("lr")
+            if scope == "global" and lr is None:
+                lr = cfg["lr_constant"] * k / (d + k)
             make = PGT.spsa if self.name == "spsa" else PGT
             method = make(k, cfg["delta"], scope=scope, seed=seed)
-            if cfg["optimizer"] == "adam":
-                opt = torch.optim.Adam(model.parameters(), lr=lr)
-            else:
-                opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"])
-            return method, opt
+            opt = default_optimizer(model, scope, num_pairs=k, optimizer=cfg["optimizer"], lr=lr,
+                                    momentum=cfg["momentum"] if cfg["optimizer"] == "sgd" else None)
+            sched = default_schedule(opt, scope, cfg["schedule"])
+            if sched is not None:  # --tune points may set the back-off's window/patience/factor
+                for key in ("window", "patience", "factor", "threshold"):
+                    if key in o:
+                        setattr(sched, key, type(getattr(sched, key))(o[key]))
+            return method, (opt, sched)
         if self.name == "cma":
             return CMAES(sigma0=o.get("sigma0", SIGMA0), seed=seed), None
         if self.name.startswith("ng_"):
@@ -136,7 +138,8 @@ def train(
     """
     torch.manual_seed(seed)
     model = make_net(data, seed)
-    method, opt = setting.build(model, seed, budget)
+    method, built = setting.build(model, seed, budget)
+    opt, sched = built if built is not None else (None, None)
     g = torch.Generator().manual_seed(1000 + seed)
     marks = checkpoints(budget)
     curve, reached, start, epoch = [], None, time.perf_counter(), 0
@@ -151,9 +154,11 @@ def train(
                 method.step(model, F.cross_entropy, x, y)
             else:
                 opt.zero_grad(set_to_none=True)
-                method.backward(model, F.cross_entropy, x, y)
+                loss = method.backward(model, F.cross_entropy, x, y)
                 opt.step()
                 clamp_to_safe_range_(model)
+                if sched is not None:
+                    sched.step(float(loss))
             q = method.total_cost.queries
             if marks and q >= marks[0]:
                 while marks and q >= marks[0]:
@@ -368,7 +373,7 @@ def tune(args) -> dict:
             point = {}
             for item in filter(None, kv.split(",")):
                 k, _, v = item.partition("=")
-                point[k] = v if k == "optimizer" else (int(v) if k == "num_pairs" else float(v))
+                point[k] = v if k in ("optimizer", "schedule") else (int(v) if k in ("num_pairs", "window", "patience") else float(v))
             grid_of.setdefault(m, []).append(point)
     results = {}
     refs = {(d.name, s): backprop_reference(d, s, BACKPROP_EPOCHS) for d in tasks for s in seeds}

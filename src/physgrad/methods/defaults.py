@@ -26,11 +26,25 @@ The rules (theory first, the constant from validation):
   first-order one scaled by K/(D + K); ``c`` is the largest constant that never diverged on a
   tuning task (1.0 did). Adam is *not* the default here: its per-coordinate normalisation gives
   noise-dominated coordinates steps as large as the informative ones.
-* **schedule: constant** (no decay): the budget of a lab run is not known in advance, and the
-  queries-to-target criterion is met before any decay would matter on the tuning tasks.
+* **schedule: local constant; global a loss-rise back-off** (:class:`LossRiseBackoff`). A
+  constant step is right where it is stable (the budget of a lab run is not known in advance, and
+  a decay would only slow the runs that are fine). But momentum SGD on a quadratic of curvature
+  λ is stable only while ``lr·λ < 2(1 + β)`` (Polyak 1964), and the curvature of a network's loss
+  grows as it fits ("progressive sharpening", Cohen et al. 2021): the global rule's constant c,
+  set where the tuning tasks stayed stable, became unstable on two held-out tasks, whose loss rose
+  back to chance. A rise of the loss is the observable sign of that instability, and the global
+  scope measures the loss at θ on every step anyway, so the back-off costs **no** device query:
+  when the mean loss of the last ``window`` steps exceeds the best window mean by more than
+  ``margin`` (relative) on ``patience + 1`` consecutive windows, the rate is halved (each halving
+  doubles the curvature it tolerates), and further rises are measured from the new level.
 """
 
 from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 DEFAULTS: dict[str, dict] = {
     "global": {
@@ -39,7 +53,7 @@ DEFAULTS: dict[str, dict] = {
         "optimizer": "sgd",
         "momentum": 0.9,
         "lr_constant": 0.6,  # lr = lr_constant * K / (D + K)
-        "schedule": "constant",
+        "schedule": "backoff",  # LossBackoff with BACKOFF's settings
     },
     "local": {
         "num_pairs": 2,
@@ -52,6 +66,10 @@ DEFAULTS: dict[str, dict] = {
     "backprop": {"optimizer": "adam", "lr": 1e-2},
     "batch_size": 32,
 }
+
+# LossBackoff's settings for the global scope (docs/results/queries.md, "the back-off rule")
+BACKOFF: dict[str, float] = {"window": 20, "patience": 2, "factor": 0.5, "threshold": 1e-4, "min_lr_fraction": 1 / 64}
+SCHEDULES = ("constant", "backoff")
 
 
 def default_lr(scope: str, num_parameters: int | None = None, num_pairs: int | None = None) -> float:
@@ -68,4 +86,105 @@ def default_lr(scope: str, num_parameters: int | None = None, num_pairs: int | N
     return float(DEFAULTS["global"]["lr_constant"]) * k / (num_parameters + k)
 
 
-__all__ = ["DEFAULTS", "default_lr"]
+def default_scope(method: str, scope: str | None) -> str:
+    """The row of :data:`DEFAULTS` a method's settings come from: ``backprop`` for the oracle and for
+    central finite differences (a deterministic estimate, exact to O(δ²): the first-order setting),
+    else the forward-only scope (``global``/``local``)."""
+    if method in ("backprop", "fd"):
+        return "backprop"
+    if scope not in ("global", "local"):
+        raise ValueError(f"scope must be 'global' or 'local', got {scope!r}")
+    return scope
+
+
+def scope_defaults(scope: str, *, num_pairs: int | None = None, delta: float | None = None) -> tuple[int, float]:
+    """``(num_pairs, delta)`` with ``None`` replaced by the scope's default (what ``PGT()`` and the
+    other perturbation methods use; an unknown scope takes the global row and is refused by the method)."""
+    row = DEFAULTS["local" if scope == "local" else "global"]
+    return (int(row["num_pairs"]) if num_pairs is None else num_pairs,
+            float(row["delta"]) if delta is None else delta)
+
+
+class LossBackoff(ReduceLROnPlateau):
+    """PyTorch's ``ReduceLROnPlateau`` on the mean training loss of windows of ``window`` steps.
+
+    Call ``step(loss)`` after every optimizer step with that step's loss — the loss at θ that the
+    method measured anyway, so the schedule costs **no** device query. Every ``window`` steps the
+    mean of the window's finite losses is handed to ``ReduceLROnPlateau.step``: when ``patience + 1``
+    consecutive windows have not improved on the best window mean (relative ``threshold``), every
+    parameter group's rate is multiplied by ``factor``, not below ``min_lr``
+    (``min_lr_fraction`` × the initial rate when ``min_lr`` is None). Everything else — the
+    reduction, ``cooldown``, ``state_dict`` — is PyTorch's. Why a windowed mean: one batch's loss
+    is too noisy a signal (its spread is a sizeable fraction of the loss), and a window of 20
+    batches averages it down while still reacting within a few hundred queries.
+    ``backoffs`` counts the reductions.
+
+    ``per_step = True`` tells :class:`~physgrad.training.Trainer` to call ``step(loss)`` after
+    every training step instead of ``step()`` once an epoch.
+    """
+
+    per_step = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, window: int = int(BACKOFF["window"]),
+                 patience: int = int(BACKOFF["patience"]), factor: float = BACKOFF["factor"],
+                 threshold: float = BACKOFF["threshold"], min_lr: float | None = None,
+                 min_lr_fraction: float = BACKOFF["min_lr_fraction"], cooldown: int = 0) -> None:
+        if int(window) != window or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        if min_lr is None:
+            min_lr = [float(g["lr"]) * min_lr_fraction for g in optimizer.param_groups]
+        super().__init__(optimizer, mode="min", factor=factor, patience=int(patience), threshold=threshold,
+                         threshold_mode="rel", cooldown=cooldown, min_lr=min_lr)
+        self.window = int(window)
+        self.backoffs = 0
+        self._window_losses: list[float] = []
+
+    def step(self, metrics, epoch=None) -> None:  # type: ignore[override]
+        """Record one training step's loss; hand the window's mean to ``ReduceLROnPlateau`` when it is full."""
+        value = float(metrics)
+        if math.isfinite(value):
+            self._window_losses.append(value)
+        if len(self._window_losses) < self.window:
+            return
+        current = sum(self._window_losses) / len(self._window_losses)
+        self._window_losses = []
+        before = [float(g["lr"]) for g in self.optimizer.param_groups]
+        super().step(current)
+        if any(float(g["lr"]) < lr for g, lr in zip(self.optimizer.param_groups, before)):
+            self.backoffs += 1
+
+
+def default_schedule(optimizer: torch.optim.Optimizer, scope: str, schedule: str | None = None):
+    """The scheduler of ``scope``'s default schedule (``None`` for ``constant``), on ``optimizer``."""
+    schedule = schedule or DEFAULTS.get(scope, {}).get("schedule", "constant")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return LossBackoff(optimizer) if schedule == "backoff" else None
+
+
+def num_trainable(model: torch.nn.Module) -> int:
+    """``D``: the number of trainable parameter entries (what the global rate's rule takes)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def default_optimizer(model: torch.nn.Module, scope: str, *, num_pairs: int | None = None,
+                      optimizer: str | None = None, lr: float | None = None,
+                      momentum: float | None = None) -> torch.optim.Optimizer:
+    """The default optimizer of ``scope`` (``global``/``local``/``backprop``) for ``model``; any
+    argument given overrides the table (``lr=None``: :func:`default_lr` with ``D`` of ``model``)."""
+    row = DEFAULTS[scope]
+    name = optimizer or row["optimizer"]
+    if lr is None:
+        lr = default_lr(scope, num_trainable(model), num_pairs) if scope == "global" else default_lr(scope)
+    if name == "sgd":
+        m = row.get("momentum", 0.0) if momentum is None else momentum
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=m)
+    if momentum:
+        raise ValueError(f"momentum applies to optimizer 'sgd' only, not {name!r}")
+    return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](model.parameters(), lr=lr)
+
+
+__all__ = ["BACKOFF", "DEFAULTS", "LossBackoff", "SCHEDULES", "default_lr", "default_optimizer",
+           "default_schedule", "default_scope", "num_trainable", "scope_defaults"]

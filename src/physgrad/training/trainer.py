@@ -252,6 +252,8 @@ class Trainer:
                 if loss is not None:
                     losses.append(loss)
                     bar.set_postfix(loss=f"{loss:.4f}")
+                    if getattr(self.scheduler, "per_step", False):  # e.g. LossBackoff: fed every step's loss
+                        self.scheduler.step(loss)
                 if self.log_every and self.step % self.log_every == 0:
                     self.metrics.write({"kind": "step", "epoch": self.epoch, "step": self.step, "loss": loss, **self._cost()})
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0 and i + 1 < steps_per_epoch:
@@ -260,7 +262,7 @@ class Trainer:
                     self._interrupted(order)
             self.epoch += 1
             order = None
-            if self.scheduler is not None:
+            if self.scheduler is not None and not getattr(self.scheduler, "per_step", False):
                 self.scheduler.step()
             self.metrics.write(self._epoch_record(data, losses))
             self._save(None)
