@@ -379,6 +379,14 @@ def build(cfg: TrainConfig, data=None, device: PhysicalSystem | None = None):
             raise ConfigError(f"method {cfg.method!r} needs a differentiable simulator; {opaque} is not one "
                               "(train it with a forward-only method: pgt, spsa, es, fd)")
     method = cfg.make_method()
+    if getattr(method, "owns_update", False):  # a search baseline: the library's own step moves θ
+        given = [k for k in ("optimizer", "lr", "momentum", "schedule") if getattr(cfg, k) is not None]
+        if given:
+            raise ConfigError(f"method {cfg.method!r} updates the parameters itself (the library's own step); "
+                              f"config key(s) {given} do not apply to it: leave them out")
+        # never stepped by the Trainer (it calls method.step); in a hand-written backward(); optimizer.step()
+        # loop it lands exactly on the library's recommendation (backward fills p.grad with θ − θ_new)
+        return data, model, method, torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.0)
     extra = {"momentum": cfg.resolved_momentum} if cfg.resolved_optimizer == "sgd" else {}
     optimizer = OPTIMIZERS[cfg.resolved_optimizer](model.parameters(), lr=cfg.learning_rate_for(model), **extra)
     return data, model, method, optimizer

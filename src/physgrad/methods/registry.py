@@ -144,4 +144,37 @@ def make_method(name: str, **options: Any) -> GradientMethod:
     return entry.factory(**options)
 
 
+# ---------------------------------------------------------------- the black-box baselines (issue 13)
+# Search, not gradients: each step is the library's own ask/tell update (``owns_update``), one query per
+# candidate. Their default task is the small ``sphere`` task (3 features, 2 classes) on the reservoir
+# hybrid: a search's cost grows with the dimension (CMA-ES keeps a D × D covariance), and digits' network
+# (D ≈ 4 700) costs seconds per generation. cma/nevergrad are imported when a search starts (the
+# ``baselines`` extra), not here.
+def _cma(*, sigma0: float = 0.1, popsize: int | None = None, seed: int = 0, options: dict | None = None):
+    """CMA-ES (pycma; Hansen & Ostermeier 2001): population 4 + ⌊3 ln D⌋ by default, bounds by its BoundTransform."""
+    from .baselines import CMAES
+
+    return CMAES(sigma0=sigma0, popsize=popsize, seed=seed, options=options)
+
+
+def _nevergrad(optimizer: str = "OnePlusOne", *, budget: int = 100_000, sigma0: float = 0.1,
+               popsize: int | None = None, seed: int = 0):
+    """A nevergrad optimiser by name (Rapin & Teytaud 2018). Default ``OnePlusOne``, the (1+1)-ES with the
+    one-fifth rule: what docs/results/queries.md compares, at a constant Python cost per query (nevergrad's
+    selector ``NGOpt`` picks, at these sizes, a meta-model optimiser whose cost per query grows with its
+    archive; it stays one option away: ``optimizer="NGOpt"``)."""
+    from .baselines import Nevergrad
+
+    return Nevergrad(optimizer, budget=budget, sigma0=sigma0, popsize=popsize, seed=seed)
+
+
+for _entry in (
+    MethodEntry("cma", _cma, "static", _HYBRID, "sphere", {}, "CMA-ES (pycma), black-box search baseline"),
+    MethodEntry("nevergrad", _nevergrad, "static", _HYBRID, "sphere", {},
+                "a nevergrad optimiser (default OnePlusOne), black-box search baseline"),
+):
+    register_method(_entry)
+del _entry
+
+
 __all__ = ["KINDS", "MethodEntry", "REGISTRY", "make_method", "method_entry", "method_names", "register_method"]

@@ -1,6 +1,7 @@
 """The training loop: epochs × batches with any method and any ``torch.optim`` optimizer.
 
-Each step is ``method.backward(model, loss_fn, x, y)`` → ``optimizer.step()`` → device parameters
+Each step is ``method.backward(model, loss_fn, x, y)`` → ``optimizer.step()`` (or, for a method
+that owns its update — ``owns_update``, the black-box baselines — ``method.step(model, loss_fn, x, y)``) → device parameters
 clamped into their safe ranges. A step whose estimate is non-finite, or whose measurement failed,
 is skipped (nothing applied) and counted; too many in a row stop the run with the last error.
 
@@ -353,8 +354,9 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         self.optimizer.zero_grad(set_to_none=True)
+        owns_update = getattr(self.method, "owns_update", False)  # a search baseline: its library moves θ
         try:
-            loss = self._watched(self.method.backward, self.model, self.loss_fn, x, y)
+            loss = self._watched(self.method.step if owns_update else self.method.backward, self.model, self.loss_fn, x, y)
         except DeviceHangError:
             raise
         except (NonFiniteGradientError, MeasurementError) as e:
@@ -372,7 +374,8 @@ class Trainer:
             return None
         self._consecutive_skips = 0
         self._failing_since = None
-        self.optimizer.step()
+        if not owns_update:
+            self.optimizer.step()
         clamp_to_safe_range_(self.model)
         return float(loss)
 
