@@ -102,9 +102,9 @@ class Setting:
                                     momentum=cfg["momentum"] if cfg["optimizer"] == "sgd" else None)
             sched = default_schedule(opt, scope, cfg["schedule"])
             if sched is not None:  # --tune points may set the back-off's window/patience/factor
-                for key in ("window", "patience", "factor", "threshold"):
+                for key in ("window", "patience", "factor", "threshold", "margin"):
                     if key in o:
-                        setattr(sched, key, type(getattr(sched, key))(o[key]))
+                        setattr(sched, key, int(o[key]) if key in ("window", "patience") else float(o[key]))
             return method, (opt, sched)
         if self.name == "cma":
             return CMAES(sigma0=o.get("sigma0", SIGMA0), seed=seed), None
@@ -384,17 +384,23 @@ def tune(args) -> dict:
             key = m + " " + " ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}" for k, v in point.items())
             ratios = []
             for data in tasks:
-                vals = []
+                vals, finals, peaks = [], [], []
                 for seed in seeds:
                     ref = refs[(data.name, seed)]
                     budget = max(args.min_budget or 20000, int((args.budget_factor or 200) * ref["reached"]))
                     run = train(data, Setting(m, point), seed, budget, target=ref["target"])
                     vals.append((budget if run["reached"] is None else run["reached"]) / ref["reached"])
+                    # a collapse shows as a final accuracy (at the target, or at the budget) far below the peak
+                    finals.append(run["final_accuracy"])
+                    peaks.append(max(a for _, a in run["curve"]))
                 ratios.append(statistics.median(vals))
-                print(f"  {key} {data.name}: queries / backprop's = {ratios[-1]:.1f}", flush=True)
+                print(f"  {key} {data.name}: queries / backprop's = {ratios[-1]:.1f} "
+                      f"(final accuracy {statistics.median(finals):.3f}, peak {statistics.median(peaks):.3f}, "
+                      f"backprop − 1 pt {statistics.median(refs[(data.name, s)]['target'] for s in seeds):.3f})", flush=True)
+                results[f"{key} {data.name} final_accuracy"] = statistics.median(finals)
             results[key] = statistics.median(ratios)
             print(f"{key}: median over tasks {results[key]:.1f}", flush=True)
-    rows = sorted(results.items(), key=lambda kv: kv[1])
+    rows = sorted(((k, v) for k, v in results.items() if not k.endswith("final_accuracy")), key=lambda kv: kv[1])
     print(markdown_table(rows, ["setting", "median over tuning tasks of queries ÷ backprop's (to backprop − 1 pt)"]))
     write_json(args.out, {f"tune {k}": v for k, v in results.items()})
     return results

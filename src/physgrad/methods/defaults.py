@@ -68,7 +68,7 @@ DEFAULTS: dict[str, dict] = {
 }
 
 # LossBackoff's settings for the global scope (docs/results/queries.md, "the back-off rule")
-BACKOFF: dict[str, float] = {"window": 20, "patience": 2, "factor": 0.5, "threshold": 1e-4, "min_lr_fraction": 1 / 64}
+BACKOFF: dict = {"window": 20, "patience": 2, "factor": 0.5, "threshold": 1e-4, "margin": None, "min_lr_fraction": 1 / 64}
 SCHEDULES = ("constant", "backoff")
 
 
@@ -127,22 +127,26 @@ class LossBackoff(ReduceLROnPlateau):
 
     def __init__(self, optimizer: torch.optim.Optimizer, window: int = int(BACKOFF["window"]),
                  patience: int = int(BACKOFF["patience"]), factor: float = BACKOFF["factor"],
-                 threshold: float = BACKOFF["threshold"], min_lr: float | None = None,
-                 min_lr_fraction: float = BACKOFF["min_lr_fraction"], cooldown: int = 0) -> None:
+                 threshold: float = BACKOFF["threshold"], margin: float | None = BACKOFF["margin"],
+                 min_lr: float | None = None, min_lr_fraction: float = BACKOFF["min_lr_fraction"],
+                 cooldown: int = 0) -> None:
         if int(window) != window or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         if not 0 < factor < 1:
             raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        if margin is not None and not (margin >= 0 and math.isfinite(margin)):
+            raise ValueError(f"margin must be None or a finite number >= 0, got {margin!r}")
         if min_lr is None:
             min_lr = [float(g["lr"]) * min_lr_fraction for g in optimizer.param_groups]
         super().__init__(optimizer, mode="min", factor=factor, patience=int(patience), threshold=threshold,
                          threshold_mode="rel", cooldown=cooldown, min_lr=min_lr)
         self.window = int(window)
+        self.margin = None if margin is None else float(margin)
         self.backoffs = 0
         self._window_losses: list[float] = []
 
     def step(self, metrics, epoch=None) -> None:  # type: ignore[override]
-        """Record one training step's loss; hand the window's mean to ``ReduceLROnPlateau`` when it is full."""
+        """Record one training step's loss; judge the window's mean when the window is full."""
         value = float(metrics)
         if math.isfinite(value):
             self._window_losses.append(value)
@@ -151,9 +155,29 @@ class LossBackoff(ReduceLROnPlateau):
         current = sum(self._window_losses) / len(self._window_losses)
         self._window_losses = []
         before = [float(g["lr"]) for g in self.optimizer.param_groups]
-        super().step(current)
+        if self.margin is None:
+            super().step(current)  # PyTorch's plateau rule, unchanged
+        else:
+            self._rise_step(current)
         if any(float(g["lr"]) < lr for g, lr in zip(self.optimizer.param_groups, before)):
             self.backoffs += 1
+
+    def _rise_step(self, current: float) -> None:
+        """The rise rule: bad = more than ``margin`` above the best window mean; after a back-off the
+        reference is the current window (rises are measured from the level the back-off left)."""
+        self.last_epoch += 1
+        self.best = min(self.best, current)
+        rose = current - self.best > self.margin * abs(self.best)
+        self.num_bad_epochs = self.num_bad_epochs + 1 if rose else 0
+        if self.in_cooldown:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            self._reduce_lr(self.last_epoch)
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+            self.best = current
+        self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
 
 
 def default_schedule(optimizer: torch.optim.Optimizer, scope: str, schedule: str | None = None):
