@@ -102,7 +102,7 @@ class Setting:
                                     momentum=cfg["momentum"] if cfg["optimizer"] == "sgd" else None)
             sched = default_schedule(opt, scope, cfg["schedule"])
             if sched is not None:  # --tune points may set the back-off's window/patience/factor
-                for key in ("window", "patience", "factor", "threshold", "margin"):
+                for key in ("window", "patience", "factor", "threshold", "z"):
                     if key in o:
                         setattr(sched, key, int(o[key]) if key in ("window", "patience") else float(o[key]))
             return method, (opt, sched)
