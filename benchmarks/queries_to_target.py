@@ -6,7 +6,8 @@ were chosen on the disjoint ``TUNING`` set, ``--tune``) and per seed, the hybrid
 
 * ``backprop`` (the oracle; Adam at the default rate) — its final test accuracy minus 1 pt is the target;
 * ``pgt_local``, ``pgt_global``, ``spsa`` (global, Rademacher directions) — physgrad's defaults
-  (``physgrad.methods.defaults``), nothing tuned per task;
+  (``physgrad.methods.defaults``: optimizer, rate, K, δ and, in the global scope, the loss back-off
+  ``LossBackoff`` fed with each step's loss), nothing tuned per task;
 * ``cma`` (pycma's CMA-ES) and ``ng_oneplusone`` (nevergrad's (1+1)-ES, ``OnePlusOne``; ``ng_ngopt``,
   ``ng_tbpsa``, ``ng_de`` on request) — the libraries' defaults, one initial step size ``sigma0 = 0.1`` for all (≈ the scale of a freshly
   initialised layer's weights; the libraries need one).
@@ -104,7 +105,8 @@ class Setting:
             if sched is not None:  # --tune points may set the back-off's window/patience/factor
                 for key in ("window", "patience", "factor", "threshold", "z"):
                     if key in o:
-                        setattr(sched, key, int(o[key]) if key in ("window", "patience") else float(o[key]))
+                        value = o[key]
+                        setattr(sched, key, value if value is None else int(value) if key in ("window", "patience") else float(value))
             return method, (opt, sched)
         if self.name == "cma":
             return CMAES(sigma0=o.get("sigma0", SIGMA0), seed=seed), None
@@ -351,7 +353,8 @@ def _extra(parser) -> None:
     parser.add_argument("--tune", action="store_true", help="the defaults' validation sweep on the TUNING tasks")
     parser.add_argument("--points", default=None,
                         help="--tune: grid points instead of TUNE_GRID, e.g. 'pgt_global:num_pairs=8,lr_constant=1;"
-                             "pgt_local:num_pairs=2,lr=0.03'")
+                             "pgt_local:num_pairs=2,lr=0.03'; the global scope's schedule: schedule=constant|backoff and "
+                             "LossBackoff's window, patience, z (z=none: PyTorch's plateau rule)")
 
 
 TUNE_GRID = {
@@ -373,7 +376,10 @@ def tune(args) -> dict:
             point = {}
             for item in filter(None, kv.split(",")):
                 k, _, v = item.partition("=")
-                point[k] = v if k in ("optimizer", "schedule") else (int(v) if k in ("num_pairs", "window", "patience") else float(v))
+                if v.lower() == "none":  # e.g. z=none: LossBackoff's plateau rule (PyTorch's ReduceLROnPlateau)
+                    point[k] = None
+                else:
+                    point[k] = v if k in ("optimizer", "schedule") else (int(v) if k in ("num_pairs", "window", "patience") else float(v))
             grid_of.setdefault(m, []).append(point)
     results = {}
     refs = {(d.name, s): backprop_reference(d, s, BACKPROP_EPOCHS) for d in tasks for s in seeds}
@@ -381,7 +387,7 @@ def tune(args) -> dict:
         if m not in args.methods.split(","):
             continue
         for point in grid:
-            key = m + " " + " ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}" for k, v in point.items())
+            key = m + " " + " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in point.items())
             ratios = []
             for data in tasks:
                 vals, finals, peaks = [], [], []
