@@ -36,7 +36,7 @@ SHIPPED_DEFAULTS = {
     "optimizer": "global scope sgd, local scope / backprop / fd adam",
     "lr": "global scope 0.6·K/(D+K) for D trainable parameters, local 3e-2, backprop / fd 1e-2, hge 0.02",
     "momentum": "0.9 with the global scope's sgd, else 0",
-    "schedule": "global scope backoff (halve the rate when the windowed loss stops improving), else constant",
+    "schedule": "global scope backoff (halve the rate when the windowed loss rises beyond its noise), else constant",
     "num_pairs": "global scope 4, local 2",
     "delta": "1e-2",
 }
