@@ -6,7 +6,8 @@ were chosen on the disjoint ``TUNING`` set, ``--tune``) and per seed, the hybrid
 
 * ``backprop`` (the oracle; Adam at the default rate) — its final test accuracy minus 1 pt is the target;
 * ``pgt_local``, ``pgt_global``, ``spsa`` (global, Rademacher directions) — physgrad's defaults
-  (``physgrad.methods.defaults``), nothing tuned per task;
+  (``physgrad.methods.defaults``: optimizer, rate, K, δ and, in the global scope, the loss back-off
+  ``LossBackoff`` fed with each step's loss), nothing tuned per task;
 * ``cma`` (pycma's CMA-ES) and ``ng_oneplusone`` (nevergrad's (1+1)-ES, ``OnePlusOne``; ``ng_ngopt``,
   ``ng_tbpsa``, ``ng_de`` on request) — the libraries' defaults, one initial step size ``sigma0 = 0.1`` for all (≈ the scale of a freshly
   initialised layer's weights; the libraries need one).
@@ -45,7 +46,7 @@ from physgrad.data import suite
 from physgrad.data.datasets import Dataset
 from physgrad.methods import PGT, Backprop
 from physgrad.methods.baselines import CMAES, BlackBoxMethod, Nevergrad
-from physgrad.methods.defaults import DEFAULTS, default_lr
+from physgrad.methods.defaults import DEFAULTS, default_optimizer, default_schedule
 from physgrad.models import ReservoirNet
 from physgrad.models.physical_layer import clamp_to_safe_range_
 from physgrad.systems import RandomReservoir
@@ -88,22 +89,25 @@ class Setting:
         d = num_params(model)
         if self.name == "backprop":
             lr = o.get("lr", DEFAULTS["backprop"]["lr"])
-            return Backprop(seed=seed), torch.optim.Adam(model.parameters(), lr=lr)
+            return Backprop(seed=seed), (default_optimizer(model, "backprop", lr=lr), None)
         if self.name in FORWARD_ONLY:
             scope = "local" if self.name == "pgt_local" else "global"
             cfg = {**DEFAULTS[scope], **o}
-            k = cfg["num_pairs"]
-            if scope == "global":
-                lr = o.get("lr", cfg["lr_constant"] * k / (d + k))
-            else:
-                lr = cfg["lr"]
+            k = int(cfg["num_pairs"])
+            lr = o.get("lr")
+            if scope == "global" and lr is None:
+                lr = cfg["lr_constant"] * k / (d + k)
             make = PGT.spsa if self.name == "spsa" else PGT
             method = make(k, cfg["delta"], scope=scope, seed=seed)
-            if cfg["optimizer"] == "adam":
-                opt = torch.optim.Adam(model.parameters(), lr=lr)
-            else:
-                opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"])
-            return method, opt
+            opt = default_optimizer(model, scope, num_pairs=k, optimizer=cfg["optimizer"], lr=lr,
+                                    momentum=cfg["momentum"] if cfg["optimizer"] == "sgd" else None)
+            sched = default_schedule(opt, scope, cfg["schedule"])
+            if sched is not None:  # --tune points may set the back-off's window/patience/factor
+                for key in ("window", "patience", "factor", "threshold", "z"):
+                    if key in o:
+                        value = o[key]
+                        setattr(sched, key, value if value is None else int(value) if key in ("window", "patience") else float(value))
+            return method, (opt, sched)
         if self.name == "cma":
             return CMAES(sigma0=o.get("sigma0", SIGMA0), seed=seed), None
         if self.name.startswith("ng_"):
@@ -136,7 +140,8 @@ def train(
     """
     torch.manual_seed(seed)
     model = make_net(data, seed)
-    method, opt = setting.build(model, seed, budget)
+    method, built = setting.build(model, seed, budget)
+    opt, sched = built if built is not None else (None, None)
     g = torch.Generator().manual_seed(1000 + seed)
     marks = checkpoints(budget)
     curve, reached, start, epoch = [], None, time.perf_counter(), 0
@@ -151,9 +156,11 @@ def train(
                 method.step(model, F.cross_entropy, x, y)
             else:
                 opt.zero_grad(set_to_none=True)
-                method.backward(model, F.cross_entropy, x, y)
+                loss = method.backward(model, F.cross_entropy, x, y)
                 opt.step()
                 clamp_to_safe_range_(model)
+                if sched is not None:
+                    sched.step(float(loss))
             q = method.total_cost.queries
             if marks and q >= marks[0]:
                 while marks and q >= marks[0]:
@@ -346,7 +353,8 @@ def _extra(parser) -> None:
     parser.add_argument("--tune", action="store_true", help="the defaults' validation sweep on the TUNING tasks")
     parser.add_argument("--points", default=None,
                         help="--tune: grid points instead of TUNE_GRID, e.g. 'pgt_global:num_pairs=8,lr_constant=1;"
-                             "pgt_local:num_pairs=2,lr=0.03'")
+                             "pgt_local:num_pairs=2,lr=0.03'; the global scope's schedule: schedule=constant|backoff and "
+                             "LossBackoff's window, patience, z (z=none: PyTorch's plateau rule)")
 
 
 TUNE_GRID = {
@@ -368,7 +376,10 @@ def tune(args) -> dict:
             point = {}
             for item in filter(None, kv.split(",")):
                 k, _, v = item.partition("=")
-                point[k] = v if k == "optimizer" else (int(v) if k == "num_pairs" else float(v))
+                if v.lower() == "none":  # e.g. z=none: LossBackoff's plateau rule (PyTorch's ReduceLROnPlateau)
+                    point[k] = None
+                else:
+                    point[k] = v if k in ("optimizer", "schedule") else (int(v) if k in ("num_pairs", "window", "patience") else float(v))
             grid_of.setdefault(m, []).append(point)
     results = {}
     refs = {(d.name, s): backprop_reference(d, s, BACKPROP_EPOCHS) for d in tasks for s in seeds}
@@ -376,20 +387,26 @@ def tune(args) -> dict:
         if m not in args.methods.split(","):
             continue
         for point in grid:
-            key = m + " " + " ".join(f"{k}={v:g}" if not isinstance(v, str) else f"{k}={v}" for k, v in point.items())
+            key = m + " " + " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in point.items())
             ratios = []
             for data in tasks:
-                vals = []
+                vals, finals, peaks = [], [], []
                 for seed in seeds:
                     ref = refs[(data.name, seed)]
                     budget = max(args.min_budget or 20000, int((args.budget_factor or 200) * ref["reached"]))
                     run = train(data, Setting(m, point), seed, budget, target=ref["target"])
                     vals.append((budget if run["reached"] is None else run["reached"]) / ref["reached"])
+                    # a collapse shows as a final accuracy (at the target, or at the budget) far below the peak
+                    finals.append(run["final_accuracy"])
+                    peaks.append(max(a for _, a in run["curve"]))
                 ratios.append(statistics.median(vals))
-                print(f"  {key} {data.name}: queries / backprop's = {ratios[-1]:.1f}", flush=True)
+                print(f"  {key} {data.name}: queries / backprop's = {ratios[-1]:.1f} "
+                      f"(final accuracy {statistics.median(finals):.3f}, peak {statistics.median(peaks):.3f}, "
+                      f"backprop − 1 pt {statistics.median(refs[(data.name, s)]['target'] for s in seeds):.3f})", flush=True)
+                results[f"{key} {data.name} final_accuracy"] = statistics.median(finals)
             results[key] = statistics.median(ratios)
             print(f"{key}: median over tasks {results[key]:.1f}", flush=True)
-    rows = sorted(results.items(), key=lambda kv: kv[1])
+    rows = sorted(((k, v) for k, v in results.items() if not k.endswith("final_accuracy")), key=lambda kv: kv[1])
     print(markdown_table(rows, ["setting", "median over tuning tasks of queries ÷ backprop's (to backprop − 1 pt)"]))
     write_json(args.out, {f"tune {k}": v for k, v in results.items()})
     return results

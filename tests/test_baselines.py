@@ -127,3 +127,65 @@ def test_bad_options():
     with pytest.raises(ConfigError):
         Nevergrad("NoSuchOptimizer")
     assert isinstance(Candidates({}, {}, [], 0).count, int)
+
+
+# ---------------------------------------------------------------- registry entries and the Trainer
+def test_registry_lists_the_baselines_and_makes_them_with_their_options():
+    from physgrad.methods.registry import make_method, method_entry, method_names
+
+    assert {"cma", "nevergrad"} <= set(method_names())
+    for name in ("cma", "nevergrad"):
+        entry = method_entry(name)
+        assert entry.kind == "static" and entry.default_dataset == "sphere" and entry.default_device == "reservoir"
+    assert isinstance(make_method("cma", sigma0=0.2), CMAES) and make_method("cma", sigma0=0.2).sigma0 == 0.2
+    ng = make_method("nevergrad")
+    assert isinstance(ng, Nevergrad) and ng.optimizer == method_entry("nevergrad").options["optimizer"] == "OnePlusOne"
+    assert make_method("nevergrad", optimizer="TBPSA").optimizer == "TBPSA"
+    with pytest.raises(ConfigError, match="unknown nevergrad optimizer 'Magic'"):
+        make_method("nevergrad", optimizer="Magic")
+
+
+@pytest.mark.parametrize("name", ["cma", "nevergrad"])
+def test_trainer_applies_exactly_the_librarys_step(name, tmp_path):
+    """The Trainer calls the method's own step: the model lands on the library's recommendation, the
+    same parameters as a hand-written step loop over the same batches, and every candidate is counted."""
+    from physgrad.data.datasets import Dataset
+    from physgrad.methods.registry import make_method
+    from physgrad.training import Trainer, read_metrics
+
+    x, y = _task(n=64)
+    data = Dataset("toy", x, y, x[:32], y[:32], 3, (2, 2))
+    model, twin = _net(), _net()
+    method, manual = make_method(name, seed=3), make_method(name, seed=3)
+    opt = torch.optim.Adam(model.parameters(), lr=0.5)  # must be ignored: the method owns its update
+    trainer = Trainer(model, method, opt, batch_size=16, seed=5, out_dir=tmp_path / "run", progress=False)
+    trainer.fit(data, 1)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(5))
+    for i in range(4):
+        idx = order[16 * i : 16 * (i + 1)]
+        manual.step(twin, F.cross_entropy, x[idx], y[idx])
+    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), n
+    rec = method.recommendation()
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), rec[n].to(p.dtype)), n
+    assert method.total_cost.queries == manual.total_cost.queries == read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["queries"]
+    assert method.generation == 4
+    # the checkpoint says what it can: resuming refuses plainly instead of restarting the search silently
+    again = Trainer(_net(), make_method(name, seed=3), torch.optim.SGD(_net().parameters(), lr=1.0), batch_size=16,
+                    seed=5, out_dir=tmp_path / "run", progress=False)
+    from physgrad.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"(cma|nevergrad-OnePlusOne): a run cannot resume, the library.s search state"):
+        again.fit(data, 2)
+
+
+def test_config_builds_the_exact_sgd_and_refuses_optimizer_settings():
+    from physgrad.experiments import TrainConfig, build
+
+    data, model, method, opt = build(TrainConfig(method="cma", train_samples=64, test_samples=32))
+    assert isinstance(method, CMAES) and type(opt) is torch.optim.SGD
+    assert opt.param_groups[0]["lr"] == 1.0 and opt.param_groups[0]["momentum"] == 0.0
+    for key, value in (("lr", 0.1), ("optimizer", "adam"), ("schedule", "backoff")):
+        with pytest.raises(ConfigError, match=rf"updates the parameters itself.*\['{key}'\]"):
+            build(TrainConfig(method="cma", **{key: value}), data)

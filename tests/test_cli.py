@@ -155,3 +155,40 @@ def test_train_without_out_writes_runs_label_and_run_gives_each_config_its_folde
     assert (tmp_path / "R" / "same-0" / "metrics.jsonl").exists() and (tmp_path / "R" / "same-1" / "metrics.jsonl").exists()
     assert main(["run", "missing.json", "--out", "R"]) == 2
     assert "config file missing.json not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scope", [None, "global"])
+def test_train_with_no_setting_flags_uses_the_shipped_defaults(tmp_path, monkeypatch, scope):
+    """``physgrad train`` with no optimizer/lr/K/δ/batch flag: what it builds is DEFAULTS (read from the
+    trainer's method, optimizer and scheduler, not restated)."""
+    import torch
+
+    from physgrad.experiments import config as config_module
+    from physgrad.methods.defaults import DEFAULTS, LossBackoff, default_lr
+
+    built = []
+
+    class Spy(config_module.Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(config_module, "Trainer", Spy)
+    argv = ["train", "--epochs", "1", "--train-samples", "64", "--test-samples", "32", "--out", str(tmp_path / "run")]
+    assert main(argv + (["--scope", scope] if scope else [])) == 0
+    trainer = built[0]
+    row = DEFAULTS[scope or "local"]
+    assert (trainer.method.num_pairs, trainer.method.delta) == (row["num_pairs"], row["delta"])
+    assert trainer.batch_size == DEFAULTS["batch_size"]
+    group = trainer.optimizer.param_groups[0]
+    if scope == "global":
+        d = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        assert isinstance(trainer.optimizer, torch.optim.SGD) and group["momentum"] == row["momentum"]
+        assert group["lr"] == pytest.approx(default_lr("global", d, row["num_pairs"]))
+        assert isinstance(trainer.scheduler, LossBackoff)
+    else:
+        assert isinstance(trainer.optimizer, torch.optim.Adam) and group["lr"] == row["lr"]
+        assert trainer.scheduler is None
+    steps = 2  # 64 samples in batches of 32
+    extra = 1  # the forward pass (local) or the loss at θ (global)
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]["queries"] == steps * (2 * row["num_pairs"] + extra)

@@ -1,20 +1,69 @@
 import json
 
 import pytest
+import torch
 
 from physgrad.errors import ConfigError
 from physgrad.experiments import TrainConfig, build
+from physgrad.experiments.config import build_scheduler
+from physgrad.experiments.tasks import load_task
 from physgrad.methods import PGT, Backprop
+from physgrad.methods.defaults import DEFAULTS, LossBackoff, default_lr
 
 
-def test_defaults_build_a_pgt_local_run():
+def test_defaults_build_a_pgt_local_run_at_the_shipped_defaults():
+    """TrainConfig() trains PGT-local with DEFAULTS["local"], read from the built method and optimizer."""
     cfg = TrainConfig()
     data, model, method, opt = build(cfg)
-    assert isinstance(method, PGT) and method.scope == "local" and method.num_pairs == cfg.num_pairs
+    local = DEFAULTS["local"]
+    assert isinstance(method, PGT) and method.scope == "local"
+    assert (method.num_pairs, method.delta) == (local["num_pairs"], local["delta"])
+    assert isinstance(opt, torch.optim.Adam) and local["optimizer"] == "adam"
+    assert opt.param_groups[0]["lr"] == local["lr"]
+    assert cfg.batch_size == DEFAULTS["batch_size"]
+    assert build_scheduler(cfg, opt) is None  # the local scope's schedule is constant
     assert model.encoder.in_features == 64 and model.readout.out_features == 10
-    assert opt.param_groups[0]["lr"] == 3e-3
-    assert TrainConfig(scope="global").learning_rate == 1e-3
     assert isinstance(build(TrainConfig(method="backprop"), data)[2], Backprop)
+
+
+def test_global_scope_defaults_take_the_rule_with_the_models_parameter_count():
+    cfg = TrainConfig(scope="global")
+    data, model, method, opt = build(cfg)
+    glob = DEFAULTS["global"]
+    d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert (method.num_pairs, method.delta) == (glob["num_pairs"], glob["delta"])
+    assert isinstance(opt, torch.optim.SGD) and glob["optimizer"] == "sgd"
+    assert opt.param_groups[0]["momentum"] == glob["momentum"]
+    k = glob["num_pairs"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(glob["lr_constant"] * k / (d + k), rel=1e-12)
+    assert isinstance(build_scheduler(cfg, opt), LossBackoff)
+    with pytest.raises(ConfigError, match="needs the model"):
+        cfg.learning_rate
+    # K given, lr not: the rule follows the K the run uses
+    opt8 = build(TrainConfig(scope="global", num_pairs=8), data)[3]
+    assert opt8.param_groups[0]["lr"] == pytest.approx(default_lr("global", d, 8))
+
+
+@pytest.mark.parametrize("method, row", [("spsa", "global"), ("es", "global"), ("fd", "backprop"), ("backprop", "backprop")])
+def test_other_registry_methods_follow_their_row(method, row):
+    cfg = TrainConfig(method=method, scope="global")
+    data, model, built, opt = build(cfg, load_task("digits", None, train=64, test=32, seed=0))
+    if row == "global":
+        assert built.num_pairs == DEFAULTS["global"]["num_pairs"] and isinstance(opt, torch.optim.SGD)
+    else:
+        assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == DEFAULTS["backprop"]["lr"]
+    if method == "fd":
+        assert built.delta == DEFAULTS["global"]["delta"]
+
+
+def test_explicit_settings_win_over_the_defaults():
+    cfg = TrainConfig(scope="global", optimizer="adam", lr=1e-3, num_pairs=16, delta=1e-3, schedule="constant")
+    data, model, method, opt = build(cfg)
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-3
+    assert (method.num_pairs, method.delta) == (16, 1e-3)
+    assert build_scheduler(cfg, opt) is None
+    with pytest.raises(ConfigError, match="'schedule': unknown value 'cosine'"):
+        TrainConfig.from_dict({"schedule": "cosine"})
 
 
 @pytest.mark.parametrize(
@@ -119,6 +168,15 @@ def test_the_paper_configs_validate():
             "eqprop_hopfield_digits"} <= set(names)
     methods = {TrainConfig.from_file(CONFIGS / f"{n}.json").method for n in names}
     assert {"pgt", "hge", "aeqprop", "eqprop"} <= methods
+    # the paper configs reproduce documented figures: every training setting is stated, none left to the
+    # shipped defaults (which would change those figures when the defaults change)
+    for n in names:
+        raw = json.loads((CONFIGS / f"{n}.json").read_text())
+        cfg = TrainConfig.from_dict(raw)
+        stated = {"optimizer", "lr", "batch_size"} | ({"schedule", "num_pairs", "delta"} if cfg.method == "pgt" else set())
+        assert stated <= set(raw), (n, sorted(stated - set(raw)))
+        if cfg.resolved_optimizer == "sgd":
+            assert "momentum" in raw, n
 
 
 def test_physgrad_run_reproduces_every_paper_config_quickly(tmp_path, capsys):

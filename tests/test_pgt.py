@@ -161,3 +161,22 @@ def test_chunked_probes_are_the_same_estimator():
     m.backward(model, F.cross_entropy, x, y)
     assert cosine(flat_grad(model), g) > 0.97
     assert m.last_cost.queries == 8001
+
+
+def test_constructor_defaults_are_the_shipped_defaults_by_scope():
+    """PGT(), PGT.spsa(), PGT.es() and FiniteDifference() take K and δ from DEFAULTS by their scope."""
+    from physgrad.methods.defaults import DEFAULTS
+    from physgrad.methods.perturbation.finite_difference import FiniteDifference
+
+    for make in (PGT, PGT.spsa, PGT.es):
+        for scope in ("global", "local"):
+            m = make(scope=scope) if make is not PGT or scope == "local" else make()
+            assert m.scope == scope
+            assert (m.num_pairs, m.delta) == (DEFAULTS[scope]["num_pairs"], DEFAULTS[scope]["delta"])
+    assert PGT(16).num_pairs == 16 and PGT(delta=1e-4).delta == 1e-4
+    assert FiniteDifference().delta == FiniteDifference(scope="local").delta == DEFAULTS["global"]["delta"]
+    # the default K is what a step costs: 2K pairs + the loss at θ (global)
+    model, x, y = small_net()
+    m = PGT()
+    m.backward(model, F.cross_entropy, x, y)
+    assert m.last_cost.queries == 2 * DEFAULTS["global"]["num_pairs"] + 1

@@ -184,7 +184,9 @@ def farm2():
         yield farm
 
 
-@pytest.mark.parametrize("name", [n for n in method_names() if method_entry(n).kind == "static"])
+# the static gradient estimators (the black-box baselines cma/nevergrad evaluate their candidates through the
+# model in process, not through a carrier: not farmable yet)
+@pytest.mark.parametrize("name", [n for n in method_names() if method_entry(n).kind == "static" and "scope" in method_entry(n).options])
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_every_static_method_through_the_farm_equals_in_process(farm2, name, scope):
     options = {"scope": scope, "delta": 1e-2}

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from physgrad.errors import ConfigError
+from physgrad.methods.defaults import DEFAULTS
 from physgrad.methods.registry import make_method, method_entry, method_names
 from physgrad.systems import PhysicalSystem
 from physgrad.systems.registry import device_names, make_device
@@ -50,11 +51,15 @@ def test_server_builds_devices_through_the_registry():
 
 
 def test_method_registry_api():
-    assert method_names() == ["pgt", "spsa", "es", "fd", "backprop", "hge", "eqprop", "aeqprop"]
+    assert method_names() == ["pgt", "spsa", "es", "fd", "backprop", "hge", "eqprop", "aeqprop", "cma", "nevergrad"]
     kinds = {n: method_entry(n).kind for n in method_names()}
     assert kinds["hge"] == "waveform" and kinds["eqprop"] == kinds["aeqprop"] == "energy" and kinds["backprop"] == "oracle"
     entry = method_entry("pgt")
-    assert entry.options["num_pairs"] == 32 and "scope" in entry.options
+    assert entry.options["num_pairs"] is None and "scope" in entry.options  # None: the scope's shipped default
+    for name in ("pgt", "spsa", "es"):
+        for scope in ("global", "local"):
+            built = make_method(name, scope=scope)
+            assert (built.num_pairs, built.delta) == (DEFAULTS[scope]["num_pairs"], DEFAULTS[scope]["delta"])
     assert entry.default_device in device_names() and method_entry("hge").default_device == "dnpu-time"
     assert make_method("spsa", num_pairs=3).num_pairs == 3
     with pytest.raises(ConfigError, match=r"no option\(s\) \['pairs'\]"):

@@ -31,6 +31,15 @@ from .systems.registry import json_object
 
 # the flags of ``train`` that are not plain config keys, or that take JSON
 JSON_KEYS = ("method_options", "device_args", "model_options")
+# what a flag left out means (physgrad.methods.defaults.DEFAULTS, by the method's scope)
+SHIPPED_DEFAULTS = {
+    "optimizer": "global scope sgd, local scope / backprop / fd adam",
+    "lr": "global scope 0.6·K/(D+K) for D trainable parameters, local 3e-2, backprop / fd 1e-2, hge 0.02",
+    "momentum": "0.9 with the global scope's sgd, else 0",
+    "schedule": "global scope backoff (halve the rate when the windowed loss rises beyond its noise), else constant",
+    "num_pairs": "global scope 4, local 2",
+    "delta": "1e-2",
+}
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -40,6 +49,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         kind = types[f.type.replace(" | None", "")]
         default = getattr(defaults, f.name)
         shown = "{}" if f.name in JSON_KEYS else default
+        if default is None and f.name in SHIPPED_DEFAULTS:
+            shown = f"the shipped default, {SHIPPED_DEFAULTS[f.name]}"
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None if f.name in JSON_KEYS else default,
                        help=f"(default: {shown}{'; JSON object' if f.name in JSON_KEYS else ''})")
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..methods.base import SCOPES, GradientMethod
+from ..methods.defaults import DEFAULTS, SCHEDULES, default_lr, default_schedule, num_trainable
 from ..methods.registry import make_method, method_entry, method_names
 from ..systems.base import PhysicalSystem
 from ..systems.registry import accepts, is_builtin, make_device
@@ -33,12 +34,22 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 RESERVOIRS = {"random": "reservoir", "ring": "ring"}  # the legacy ``reservoir`` key -> a registry device
 LEGACY_METHOD_KEYS = ("num_pairs", "delta", "r", "dropout")  # top-level shorthands, given where a method takes them
-DEFAULT_LR = {"hge": 0.02}  # when ``lr`` is None (else see ``learning_rate``)
+DEFAULT_LR = {"hge": 0.02}  # when ``lr`` is None (else see ``learning_rate_for``)
+# methods whose settings follow a row of physgrad.methods.defaults.DEFAULTS: the PGT family by its scope,
+# central differences (a deterministic estimate, exact to O(δ²)) and backprop by the first-order row
+DEFAULTS_ROW = {"pgt": "scope", "spsa": "scope", "es": "scope", "fd": "backprop", "backprop": "backprop"}
+OTHER_LR = 3e-3  # the rate of the methods outside DEFAULTS_ROW (EqProp, Aeqprop, ...) when ``lr`` is None
 
 
 @dataclass
 class TrainConfig:
-    """Everything that determines one run (defaults: the demo's PGT-local run on digits).
+    """Everything that determines one run (defaults: PGT, local scope, on digits, at the shipped defaults).
+
+    ``None`` in ``optimizer``/``lr``/``momentum``/``num_pairs``/``delta``/``schedule`` means "the
+    shipped default" (:data:`physgrad.methods.defaults.DEFAULTS`, the row of the method's scope;
+    see :meth:`resolved`): local scope Adam 3e-2, K = 2; global scope SGD with momentum 0.9,
+    lr = 0.6·K/(D + K) for the model's D trainable parameters, K = 4, the loss back-off
+    (:class:`~physgrad.methods.defaults.LossBackoff`); δ = 1e-2; backprop and ``fd`` Adam 1e-2.
 
     ``device``/``dataset``/``model`` left at ``None`` take the method's paper setting (see
     ``physgrad methods``'s registry): the PGT family and backprop a reservoir (``reservoir`` key:
@@ -54,13 +65,14 @@ class TrainConfig:
     train_samples: int | None = None  # a seeded subset, None: all
     test_samples: int | None = None
     epochs: int = 20
-    batch_size: int = 32
-    optimizer: str = "adam"  # adam | sgd | adamw
-    lr: float | None = None  # None: 3e-3 for backprop and local scope, 1e-3 for global forward-only (HGE: 0.02)
-    momentum: float = 0.0  # heavy-ball momentum of sgd (the PGT benchmarks' choice for the global scope: 0.9)
+    batch_size: int = DEFAULTS["batch_size"]
+    optimizer: str | None = None  # adam | sgd | adamw; None: the defaults' (global: sgd, local/backprop/fd: adam)
+    lr: float | None = None  # None: the defaults' rule (global: 0.6·K/(D + K); local 3e-2; backprop/fd 1e-2; HGE 0.02)
+    momentum: float | None = None  # heavy-ball momentum of sgd; None: the defaults' (0.9 in the global scope, else 0)
+    schedule: str | None = None  # constant | backoff (LossBackoff); None: the defaults' (global: backoff)
     seed: int = 0
-    num_pairs: int = 32
-    delta: float = 1e-2
+    num_pairs: int | None = None  # K; None: the scope's default (global 4, local 2)
+    delta: float | None = None  # δ; None: the scope's default (1e-2)
     r: int = 1
     dropout: float = 0.0
     device: str | None = None  # built-in name, module:Class, tcp://HOST:PORT; None: the method's paper device
@@ -119,7 +131,11 @@ class TrainConfig:
             if not ok and not (value is None and "None" in f.type):
                 raise ConfigError(f"config key {f.name!r} must be {f.type}, got {value!r}")
         check_limits(self)  # every field's bounds, named (experiments/limits.py)
-        choices = {"method": method_names(), "scope": SCOPES, "optimizer": tuple(OPTIMIZERS), "reservoir": tuple(RESERVOIRS)}
+        choices = {"method": method_names(), "scope": SCOPES, "reservoir": tuple(RESERVOIRS)}
+        if self.optimizer is not None:
+            choices["optimizer"] = tuple(OPTIMIZERS)
+        if self.schedule is not None:
+            choices["schedule"] = SCHEDULES
         if self.dataset is not None:
             choices["dataset"] = DATASETS
         if self.model is not None:
@@ -128,7 +144,7 @@ class TrainConfig:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"config key {key!r}: unknown value {getattr(self, key)!r}; choose one of {list(allowed)}")
         for key in ("epochs", "batch_size", "num_pairs", "r", "reservoir_inputs", "reservoir_size"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         for key in ("train_samples", "test_samples"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
@@ -139,10 +155,10 @@ class TrainConfig:
                 raise ConfigError(f"config key {key!r} must be > 0, got {value}")
         if self.noise < 0:
             raise ConfigError(f"config key 'noise' must be >= 0, got {self.noise}")
-        if not 0 <= self.momentum < 1:
+        if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ConfigError(f"config key 'momentum' must be in [0, 1), got {self.momentum}")
-        if self.momentum and self.optimizer != "sgd":
-            raise ConfigError(f"config key 'momentum' applies to optimizer 'sgd' only, not {self.optimizer!r}")
+        if self.momentum and self.resolved_optimizer != "sgd":
+            raise ConfigError(f"config key 'momentum' applies to optimizer 'sgd' only, not {self.resolved_optimizer!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
         self.make_method()  # checks method_options against the method's signature and values
@@ -177,13 +193,64 @@ class TrainConfig:
             raise ConfigError(f"config key 'method_options' ({self.method}, {kwargs}): {e}") from e
 
     @property
-    def learning_rate(self) -> float:
+    def defaults_row(self) -> str | None:
+        """The row of ``DEFAULTS`` this run's settings follow (``global``/``local``/``backprop``), or None."""
+        row = DEFAULTS_ROW.get(self.method)
+        return self.scope if row == "scope" else row
+
+    @property
+    def resolved_optimizer(self) -> str:
+        row = self.defaults_row
+        return self.optimizer or (DEFAULTS[row]["optimizer"] if row else "adam")
+
+    @property
+    def resolved_momentum(self) -> float:
+        if self.momentum is not None:
+            return self.momentum
+        row = self.defaults_row
+        return float(DEFAULTS[row].get("momentum", 0.0)) if row and self.resolved_optimizer == "sgd" else 0.0
+
+    @property
+    def resolved_schedule(self) -> str:
+        row = self.defaults_row
+        return self.schedule or (DEFAULTS[row].get("schedule", "constant") if row else "constant")
+
+    @property
+    def resolved_num_pairs(self) -> int | None:
+        """K of the PGT family (the method's own resolution of ``None``), None for methods without one."""
+        return getattr(self.make_method(), "num_pairs", None) if "num_pairs" in self.entry.options else None
+
+    def learning_rate_for(self, model: torch.nn.Module) -> float:
+        """``lr``, or the defaults' rule for this run (the global scope's needs ``D`` of ``model``)."""
         if self.lr is not None:
             return self.lr
         if self.method in DEFAULT_LR:
             return DEFAULT_LR[self.method]
-        global_scope = "scope" in self.entry.options and self.method != "backprop" and self.scope == "global"
-        return 1e-3 if global_scope else 3e-3
+        row = self.defaults_row
+        if row == "global":
+            return default_lr("global", num_trainable(model), self.resolved_num_pairs)
+        return default_lr(row) if row else OTHER_LR
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate when it does not depend on the model (see :meth:`learning_rate_for`)."""
+        if self.lr is None and self.defaults_row == "global" and self.method not in DEFAULT_LR:
+            raise ConfigError("the global scope's default rate 0.6·K/(D + K) needs the model: "
+                              "use cfg.learning_rate_for(model)")
+        return self.learning_rate_for(None)  # type: ignore[arg-type]
+
+    def resolved(self, model: torch.nn.Module | None = None) -> dict:
+        """The settings this run trains with, every ``None`` replaced by its default (``lr`` needs ``model``
+        in the global scope; without it, ``lr`` is left None there)."""
+        method = self.make_method()
+        out = {"optimizer": self.resolved_optimizer, "momentum": self.resolved_momentum,
+               "schedule": self.resolved_schedule, "batch_size": self.batch_size,
+               "num_pairs": getattr(method, "num_pairs", None), "delta": getattr(method, "delta", None)}
+        try:
+            out["lr"] = self.learning_rate_for(model) if model is not None else self.learning_rate
+        except ConfigError:
+            out["lr"] = None
+        return out
 
     @property
     def label(self) -> str:
@@ -312,9 +379,22 @@ def build(cfg: TrainConfig, data=None, device: PhysicalSystem | None = None):
             raise ConfigError(f"method {cfg.method!r} needs a differentiable simulator; {opaque} is not one "
                               "(train it with a forward-only method: pgt, spsa, es, fd)")
     method = cfg.make_method()
-    extra = {"momentum": cfg.momentum} if cfg.optimizer == "sgd" else {}
-    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.learning_rate, **extra)
+    if getattr(method, "owns_update", False):  # a search baseline: the library's own step moves θ
+        given = [k for k in ("optimizer", "lr", "momentum", "schedule") if getattr(cfg, k) is not None]
+        if given:
+            raise ConfigError(f"method {cfg.method!r} updates the parameters itself (the library's own step); "
+                              f"config key(s) {given} do not apply to it: leave them out")
+        # never stepped by the Trainer (it calls method.step); in a hand-written backward(); optimizer.step()
+        # loop it lands exactly on the library's recommendation (backward fills p.grad with θ − θ_new)
+        return data, model, method, torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.0)
+    extra = {"momentum": cfg.resolved_momentum} if cfg.resolved_optimizer == "sgd" else {}
+    optimizer = OPTIMIZERS[cfg.resolved_optimizer](model.parameters(), lr=cfg.learning_rate_for(model), **extra)
     return data, model, method, optimizer
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    """The config's learning-rate schedule on ``optimizer`` (None: constant; ``backoff``: LossBackoff)."""
+    return default_schedule(optimizer, cfg.defaults_row or "", cfg.resolved_schedule)
 
 
 def loss_function(model):
@@ -335,12 +415,14 @@ def run(cfg: TrainConfig, out_dir: str | os.PathLike | None, *, progress: bool |
     carries its step and epoch.
     """
     data, model, method, optimizer = build(cfg, data, device)
+    log.info("%s trains with %s", cfg.label, cfg.resolved(model))
     if carrier is not None:
         method.carrier = carrier
     if recorder is not None:
         recorder.follow(method, steps_per_epoch=math.ceil(len(data.y_train) / cfg.batch_size))
     trainer = Trainer(  # the trainer checks the config against a checkpoint, then writes config.json
         model, method, optimizer, loss_fn=loss_function(model), batch_size=cfg.batch_size, seed=cfg.seed,
+        scheduler=build_scheduler(cfg, optimizer),
         out_dir=out_dir, progress=progress, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
         config=cfg.to_dict(),
     )

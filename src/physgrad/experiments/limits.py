@@ -62,6 +62,10 @@ def check_limits(cfg) -> None:
             raise ConfigError(f"config key {key!r} is a string of {len(value)} characters (at most {MAX_STRING})")
     inputs, size = getattr(cfg, "reservoir_inputs", 1), getattr(cfg, "reservoir_size", 1)
     pairs, batch = getattr(cfg, "num_pairs", 1), getattr(cfg, "batch_size", 1)
+    if pairs is None:  # the scope's shipped default K
+        from ..methods.defaults import scope_defaults
+
+        pairs = scope_defaults(getattr(cfg, "scope", "global"))[0]
     if all(isinstance(v, int) for v in (inputs, size, pairs, batch)):
         need = 4 * (inputs * size + 2 * pairs * batch * (size + inputs))  # weights + one step's probe answers
         budget = MEMORY_FRACTION * machine_memory_bytes()

@@ -104,9 +104,14 @@ class Candidates:
 
 
 class BlackBoxMethod(GradientMethod):
-    """Base of the search baselines: flattening, bounds, the candidate evaluation, step/backward."""
+    """Base of the search baselines: flattening, bounds, the candidate evaluation, step/backward.
+
+    ``owns_update = True``: the :class:`~physgrad.training.Trainer` calls :meth:`step` (the
+    library's own update) instead of ``backward(); optimizer.step()``.
+    """
 
     name = "blackbox"
+    owns_update = True
 
     def __init__(self, *, sigma0: float = 0.1, popsize: int | None = None, seed: int = 0) -> None:
         super().__init__("global", seed)
@@ -229,10 +234,7 @@ class BlackBoxMethod(GradientMethod):
             p.grad = None
         try:
             loss = self.backward(model, loss_fn, x, y)
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.grad is not None:
-                        p.sub_(p.grad)
+            self.load_to(model)  # θ_new itself (θ − (θ − θ_new) can differ from it in the last bit)
         finally:
             for n, p in model.named_parameters():
                 p.grad = saved[n]
@@ -252,7 +254,13 @@ class BlackBoxMethod(GradientMethod):
         return {n: v[0] for n, v in unflatten(t, self._shapes).items()}
 
     def state_dict(self) -> dict:
-        raise NotImplementedError(f"{self.name}: the library's search state is not checkpointed by physgrad")
+        """The cost and generation (what a checkpoint records); the library's search state itself is
+        not checkpointed (it is a pickled object, and checkpoints load with ``weights_only=True``)."""
+        return {**super().state_dict(), "generation": self.generation, "library_state": None}
+
+    def load_state_dict(self, state: dict) -> None:
+        raise ConfigError(f"{self.name}: a run cannot resume, the library's search state (mean, step size, "
+                          "covariance) is not in the checkpoint; start afresh (physgrad train --no-resume)")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sigma0={self.sigma0}, popsize={self.popsize})"

@@ -15,7 +15,8 @@
 device, ``measure_waveform``), ``energy`` (relaxation phases of an energy-based device) or
 ``oracle`` (a differentiable simulator). ``default_dataset`` is a dataset name or a task the
 paper's device takes (HGE: ``sphere``, the DNPU's small classification task). ``defaults`` are the option values the command line uses
-when nothing else is given (small and quick; not the papers' full settings). A later method
+when nothing else is given (small and quick; not the papers' full settings); the PGT family's ``K`` and δ
+are left to the methods, whose ``None`` means the scope's row of :mod:`physgrad.methods.defaults`. A later method
 registers itself with :func:`register_method`.
 """
 
@@ -73,7 +74,7 @@ class MethodEntry:
 def _pgt_setting(distribution: str, name: str, summary: str) -> Callable[..., PGT]:
     """A factory for a PGT setting (SPSA, ES): PGT's options less ``r`` and ``distribution``."""
 
-    def factory(num_pairs: int = 32, delta: float = 1e-3, *, dropout: float = 0.0, scope: str = "global",
+    def factory(num_pairs: int | None = None, delta: float | None = None, *, dropout: float = 0.0, scope: str = "global",
                 max_probes: int = 256, vectorize: bool = True, seed: int = 0, carrier=None) -> PGT:
         method = PGT(num_pairs, delta, dropout=dropout, distribution=distribution, scope=scope, max_probes=max_probes,
                      vectorize=vectorize, seed=seed, carrier=carrier)
@@ -102,13 +103,13 @@ def register_method(entry: MethodEntry) -> None:
 
 _HYBRID = "reservoir"  # the reservoir hybrid network (digital -> reservoir device -> read-out)
 for _entry in (
-    MethodEntry("pgt", PGT, "static", _HYBRID, "digits", {"scope": "local", "num_pairs": 8, "delta": 1e-2},
+    MethodEntry("pgt", PGT, "static", _HYBRID, "digits", {"scope": "local"},
                 "Perturbative Gradient Training (Abbott, Elo, Bozhko 2025)"),
-    MethodEntry("spsa", _spsa, "static", _HYBRID, "digits", {"scope": "local", "num_pairs": 8, "delta": 1e-2},
+    MethodEntry("spsa", _spsa, "static", _HYBRID, "digits", {"scope": "local"},
                 "simultaneous-perturbation stochastic approximation (PGT setting)"),
-    MethodEntry("es", _es, "static", _HYBRID, "digits", {"scope": "local", "num_pairs": 8, "delta": 1e-2},
+    MethodEntry("es", _es, "static", _HYBRID, "digits", {"scope": "local"},
                 "antithetic evolution strategies (PGT setting)"),
-    MethodEntry("fd", FiniteDifference, "static", _HYBRID, "digits", {"scope": "local", "delta": 1e-2},
+    MethodEntry("fd", FiniteDifference, "static", _HYBRID, "digits", {"scope": "local"},
                 "central finite differences (baseline)"),
     MethodEntry("backprop", Backprop, "oracle", _HYBRID, "digits", {},
                 "backpropagation through the differentiable simulator (the oracle)"),
@@ -141,6 +142,39 @@ def make_method(name: str, **options: Any) -> GradientMethod:
     entry = method_entry(name)
     entry.check_options(options)
     return entry.factory(**options)
+
+
+# ---------------------------------------------------------------- the black-box baselines (issue 13)
+# Search, not gradients: each step is the library's own ask/tell update (``owns_update``), one query per
+# candidate. Their default task is the small ``sphere`` task (3 features, 2 classes) on the reservoir
+# hybrid: a search's cost grows with the dimension (CMA-ES keeps a D × D covariance), and digits' network
+# (D ≈ 4 700) costs seconds per generation. cma/nevergrad are imported when a search starts (the
+# ``baselines`` extra), not here.
+def _cma(*, sigma0: float = 0.1, popsize: int | None = None, seed: int = 0, options: dict | None = None):
+    """CMA-ES (pycma; Hansen & Ostermeier 2001): population 4 + ⌊3 ln D⌋ by default, bounds by its BoundTransform."""
+    from .baselines import CMAES
+
+    return CMAES(sigma0=sigma0, popsize=popsize, seed=seed, options=options)
+
+
+def _nevergrad(optimizer: str = "OnePlusOne", *, budget: int = 100_000, sigma0: float = 0.1,
+               popsize: int | None = None, seed: int = 0):
+    """A nevergrad optimiser by name (Rapin & Teytaud 2018). Default ``OnePlusOne``, the (1+1)-ES with the
+    one-fifth rule: what docs/results/queries.md compares, at a constant Python cost per query (nevergrad's
+    selector ``NGOpt`` picks, at these sizes, a meta-model optimiser whose cost per query grows with its
+    archive; it stays one option away: ``optimizer="NGOpt"``)."""
+    from .baselines import Nevergrad
+
+    return Nevergrad(optimizer, budget=budget, sigma0=sigma0, popsize=popsize, seed=seed)
+
+
+for _entry in (
+    MethodEntry("cma", _cma, "static", _HYBRID, "sphere", {}, "CMA-ES (pycma), black-box search baseline"),
+    MethodEntry("nevergrad", _nevergrad, "static", _HYBRID, "sphere", {},
+                "a nevergrad optimiser (default OnePlusOne), black-box search baseline"),
+):
+    register_method(_entry)
+del _entry
 
 
 __all__ = ["KINDS", "MethodEntry", "REGISTRY", "make_method", "method_entry", "method_names", "register_method"]

@@ -1,6 +1,7 @@
 """The training loop: epochs × batches with any method and any ``torch.optim`` optimizer.
 
-Each step is ``method.backward(model, loss_fn, x, y)`` → ``optimizer.step()`` → device parameters
+Each step is ``method.backward(model, loss_fn, x, y)`` → ``optimizer.step()`` (or, for a method
+that owns its update — ``owns_update``, the black-box baselines — ``method.step(model, loss_fn, x, y)``) → device parameters
 clamped into their safe ranges. A step whose estimate is non-finite, or whose measurement failed,
 is skipped (nothing applied) and counted; too many in a row stop the run with the last error.
 
@@ -252,6 +253,8 @@ class Trainer:
                 if loss is not None:
                     losses.append(loss)
                     bar.set_postfix(loss=f"{loss:.4f}")
+                    if getattr(self.scheduler, "per_step", False):  # e.g. LossBackoff: fed every step's loss
+                        self.scheduler.step(loss)
                 if self.log_every and self.step % self.log_every == 0:
                     self.metrics.write({"kind": "step", "epoch": self.epoch, "step": self.step, "loss": loss, **self._cost()})
                 if self.checkpoint_every and self.step % self.checkpoint_every == 0 and i + 1 < steps_per_epoch:
@@ -260,7 +263,7 @@ class Trainer:
                     self._interrupted(order)
             self.epoch += 1
             order = None
-            if self.scheduler is not None:
+            if self.scheduler is not None and not getattr(self.scheduler, "per_step", False):
                 self.scheduler.step()
             self.metrics.write(self._epoch_record(data, losses))
             self._save(None)
@@ -351,8 +354,9 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> float | None:
         self.optimizer.zero_grad(set_to_none=True)
+        owns_update = getattr(self.method, "owns_update", False)  # a search baseline: its library moves θ
         try:
-            loss = self._watched(self.method.backward, self.model, self.loss_fn, x, y)
+            loss = self._watched(self.method.step if owns_update else self.method.backward, self.model, self.loss_fn, x, y)
         except DeviceHangError:
             raise
         except (NonFiniteGradientError, MeasurementError) as e:
@@ -370,7 +374,8 @@ class Trainer:
             return None
         self._consecutive_skips = 0
         self._failing_since = None
-        self.optimizer.step()
+        if not owns_update:
+            self.optimizer.step()
         clamp_to_safe_range_(self.model)
         return float(loss)
 

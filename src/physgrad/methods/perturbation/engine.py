@@ -39,6 +39,7 @@ from ...carriers.probes import Probes, split_points
 from ...cost import Cost
 from ...errors import ConfigError, RangeError, ShapeError, number_in
 from ..base import Bounds, Estimate, GradientMethod, NetworkLoss, flat_bounds, require_finite, scaled_cost, unflatten
+from ..defaults import scope_defaults
 
 Directions = tuple[torch.Tensor, torch.Tensor | None]  # ([k, D], [k, B, *input_shape] or None)
 
@@ -125,7 +126,8 @@ class PerturbationMethod(GradientMethod):
         ``"global"`` (perturb every trainable parameter, whole-network losses) or ``"local"``
         (estimated vector–Jacobian product per physical layer, autograd elsewhere).
     delta:
-        Perturbation scale δ (in parameter units; inputs of a device in its input units).
+        Perturbation scale δ (in parameter units; inputs of a device in its input units); ``None``:
+        the scope's default, ``DEFAULTS[scope]["delta"]`` (:mod:`physgrad.methods.defaults`).
     max_probes:
         At most this many probe pairs per device call (a memory bound; the estimator is the same:
         the probes are sharded, the answers joined).
@@ -139,7 +141,7 @@ class PerturbationMethod(GradientMethod):
         self,
         scope: str = "global",
         *,
-        delta: float = 1e-3,
+        delta: float | None = None,
         max_probes: int = 256,
         vectorize: bool = True,
         seed: int = 0,
@@ -148,6 +150,8 @@ class PerturbationMethod(GradientMethod):
         super().__init__(scope, seed, carrier=carrier)
         if max_probes < 1:
             raise ConfigError(f"max_probes must be >= 1, got {max_probes}")
+        if delta is None:  # the scope's default δ (physgrad.methods.defaults)
+            delta = scope_defaults(scope, delta=None)[1]
         self.delta = number_in("delta", delta)
         self.max_probes = int(max_probes)
         self.vectorize = bool(vectorize)

@@ -52,6 +52,7 @@ import torch
 
 from ...errors import ConfigError
 from ..base import Estimate
+from ..defaults import scope_defaults
 from .engine import Directions, PerturbationMethod
 
 DISTRIBUTIONS = ("integer", "rademacher", "gaussian")
@@ -63,9 +64,10 @@ class PGT(PerturbationMethod):
     Parameters
     ----------
     num_pairs:
-        ``K``, the number of ± pairs averaged per gradient.
+        ``K``, the number of ± pairs averaged per gradient; ``None`` (default): the scope's
+        default, ``DEFAULTS[scope]["num_pairs"]`` (:mod:`physgrad.methods.defaults`: 4 global, 2 local).
     delta:
-        Perturbation scale δ.
+        Perturbation scale δ; ``None`` (default): ``DEFAULTS[scope]["delta"]`` (1e-2).
     r:
         Integer range of ``P`` for ``distribution="integer"``.
     dropout:
@@ -90,8 +92,8 @@ class PGT(PerturbationMethod):
 
     def __init__(
         self,
-        num_pairs: int = 32,
-        delta: float = 1e-3,
+        num_pairs: int | None = None,
+        delta: float | None = None,
         *,
         r: int = 1,
         dropout: float = 0.0,
@@ -108,6 +110,7 @@ class PGT(PerturbationMethod):
         seed: int = 0,
         carrier=None,
     ) -> None:
+        num_pairs, delta = scope_defaults(scope, num_pairs=num_pairs, delta=delta)
         super().__init__(scope, delta=delta, max_probes=max_probes, vectorize=vectorize, seed=seed, carrier=carrier)
         if num_pairs < 1:
             raise ConfigError(f"num_pairs must be >= 1, got {num_pairs}")
@@ -160,14 +163,14 @@ class PGT(PerturbationMethod):
         return not (self.orthogonal or self.tensor_scale is not None or self.low_rank or self.reuse)
 
     @classmethod
-    def spsa(cls, num_pairs: int = 32, delta: float = 1e-3, **kwargs) -> "PGT":
+    def spsa(cls, num_pairs: int | None = None, delta: float | None = None, **kwargs) -> "PGT":
         """Simultaneous-perturbation stochastic approximation: Rademacher ±1 directions."""
         method = cls(num_pairs, delta, distribution="rademacher", **kwargs)
         method.name = "spsa"
         return method
 
     @classmethod
-    def es(cls, num_pairs: int = 32, delta: float = 1e-3, **kwargs) -> "PGT":
+    def es(cls, num_pairs: int | None = None, delta: float | None = None, **kwargs) -> "PGT":
         """Antithetic Gaussian evolution strategies (a smoothed-gradient estimator)."""
         method = cls(num_pairs, delta, distribution="gaussian", **kwargs)
         method.name = "es"
