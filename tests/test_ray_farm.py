@@ -184,8 +184,8 @@ def farm2():
         yield farm
 
 
-# the static gradient estimators (the black-box baselines cma/nevergrad evaluate their candidates through the
-# model in process, not through a carrier: not farmable yet)
+# the static gradient estimators, in both scopes (the black-box baselines, which have no scope, go through the
+# farm in the registry-wide test below)
 @pytest.mark.parametrize("name", [n for n in method_names() if method_entry(n).kind == "static" and "scope" in method_entry(n).options])
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_every_static_method_through_the_farm_equals_in_process(farm2, name, scope):
@@ -476,7 +476,10 @@ def test_every_registry_method_trains_one_step_through_a_farm_of_2_like_in_proce
             # refused before the simulator was asked (local scope: the forward pass was measured, and counted)
             assert (farm.cost - before).queries == (1 if cfg.scope == "local" else 0)
             return
+        carried = None if carrier is None else farm.cost
         loss = method.backward(model, loss_function(model), x, y)
+        if carrier is not None:  # every query of the step went through the farm: none bypassed the carrier
+            assert farm.cost - carried == method.last_cost, (name, farm.cost - carried, method.last_cost)
         grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         opt.step()
         results.append((loss, grads, method.last_cost, [p.detach().clone() for p in model.parameters()]))

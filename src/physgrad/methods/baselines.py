@@ -49,12 +49,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
+from ..carriers import InProcess
 from ..cost import Cost
 from ..errors import ConfigError, MeasurementError, ShapeError
-from ..models.physical_layer import parameter_bounds
-from .base import Estimate, GradientMethod, LossFn, accumulate_grads, flatten_with_bounds, unflatten
+from ..models.physical_layer import gradient_path, parameter_bounds
+from .base import Estimate, GradientMethod, LossFn, NetworkLoss, accumulate_grads, flatten_with_bounds, unflatten
 
 Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -63,15 +63,16 @@ Bounds = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 class Candidates:
     """``n`` candidate settings of every parameter: ``params[name]`` is ``[n, *shape]``, all in range.
 
-    ``answer(system)`` needs an ``evaluate`` callable (settings → one loss per candidate), which
-    :meth:`BlackBoxMethod.step` provides; a lab answers them itself and passes the losses to ``tell``.
+    Answered like the global scope's probes: by the network (a
+    :class:`~physgrad.methods.base.NetworkLoss`, one loss per candidate), whose device contact is
+    the physical layers' through the method's carrier. A lab that scores candidates itself passes
+    the ``[n]`` losses to ``tell``.
     """
 
     params: dict[str, torch.Tensor]
     shapes: dict[str, tuple[int, ...]]
     tokens: list[Any]  # the library's own candidate objects, handed back at tell
     generation: int
-    evaluate: Any = None
     inputs: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
@@ -80,12 +81,12 @@ class Candidates:
         return len(self.tokens)
 
     def answer(self, system=None) -> torch.Tensor:
-        if self.evaluate is None:
+        if not isinstance(system, NetworkLoss):
             raise ConfigError(
                 "black-box candidates are answered with one loss per candidate: measure each setting, "
                 "compute its loss and pass the [n] losses to tell()"
             )
-        return self.evaluate(self.params)
+        return system.measure(self.params)
 
     def shard(self, n: int) -> list["Candidates"]:
         n = max(1, min(int(n), self.count))
@@ -95,7 +96,7 @@ class Candidates:
             if b > a:
                 parts.append(
                     Candidates({k: v[a:b] for k, v in self.params.items()}, self.shapes, self.tokens[a:b],
-                               self.generation, self.evaluate, self.inputs)
+                               self.generation, self.inputs)
                 )
         return parts
 
@@ -199,29 +200,18 @@ class BlackBoxMethod(GradientMethod):
         return Estimate(grads, None, Cost(probes.count, probes.count * b))
 
     # ------------------------------------------------------------------ the torch forms
-    def _candidates_for(self, model: nn.Module, loss_fn: LossFn, x, y) -> tuple[Candidates, list[tuple[str, nn.Parameter]]]:
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        theta = {n: p.detach() for n, p in trainable}
-        probes = self.ask(theta, x, parameter_bounds(model))
-
-        def evaluate(settings):
-            def one(params):
-                return loss_fn(functional_call(model, params, (x,)), y)
-
-            with torch.no_grad():
-                return vmap(one, randomness="same")(settings)
-
-        probes.evaluate = evaluate
-        return probes, trainable
-
     def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        probes, trainable = self._candidates_for(model, loss_fn, x, y)
-        losses = probes.answer(None)
-        est = self.tell(probes, losses)
+        """Score the candidates with the network (its devices reached through :attr:`carrier`, as in
+        the global scope), tell the library, fill ``p.grad`` with the displacement ``θ − θ_new``."""
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         current = {n: p.detach() for n, p in trainable}
+        probes = self.ask(current, x, parameter_bounds(model))
+        network = NetworkLoss(model, loss_fn, x, y)
+        with gradient_path(model, "measure", None, self.carrier):
+            losses = InProcess()(network, probes)
+        self.tell(probes, losses)
         target = self.recommendation()
         accumulate_grads(model, {n: current[n] - target[n].to(current[n].dtype) for n in current})
-        del est
         return losses.min()
 
     def step(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
