@@ -9,7 +9,7 @@ two digital numbers) against the backpropagation oracle (exact gradients through
 surrogate), same data, initialisation, optimiser and steps. Test accuracy is read from the device
 (static, noisy measurements). Floor: HGE within 3 points of backprop.
 
-    python -m benchmarks.hge_sphere [--device PATH.npz] [--quick] [--out F.json]
+    python -m benchmarks.hge_sphere [--device PATH.npz] [--seeds 3] [--quick] [--out F.json]
 """
 
 from __future__ import annotations
@@ -84,9 +84,14 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(__doc__.splitlines()[0], device_argument, argv)
+    def extra(parser) -> None:
+        device_argument(parser)
+        parser.add_argument("--seeds", type=int, default=None,
+                            help="training seeds per method (default 3; 1 with --quick)")
+
+    args = parse_args(__doc__.splitlines()[0], extra, argv)
     torch.set_num_threads(args.threads or 1)
-    seeds = 1 if args.quick else 3
+    seeds = args.seeds or (1 if args.quick else 3)
     steps = 40 if args.quick else 400
     batch = 16 if args.quick else 32
     t_start = time.time()
@@ -107,6 +112,7 @@ def main(argv=None) -> dict:
             acc[name].append(a_test)
             curves[name].append(curve)
             rows.append([name, seed, a_train, a_test, sum(curve[-20:]) / len(curve[-20:])])
+            print(f"seed {seed} {name}: test accuracy {a_test:.4f} ({time.time() - t_start:.0f} s)", flush=True)
     figures = {
         "hge_test_accuracy": sum(acc["hge"]) / seeds,
         "backprop_test_accuracy": sum(acc["backprop"]) / seeds,
