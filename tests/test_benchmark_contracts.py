@@ -104,3 +104,35 @@ def test_a_gate_search_stops_rewires_and_counts_every_device_second():
     assert all(t > 0 for t in per_device) and bench.device_seconds == pytest.approx(sum(per_device))
     assert result["noise"] > 0 and bench.clipped == 0
     assert len(result["curves"]) == 2 and all(len(c) == 1 for c in result["curves"])
+
+
+def test_sphere_calibration_moves_on_where_the_device_does_not_respond():
+    """The sphere benchmark's HGE calibration: first at the first data point of the first batch; a
+    refused point (MeasurementError) moves it to the next training points in order, counting the
+    refusals; after ``tries`` refusals the run stops with an error naming them."""
+    from benchmarks.hge_sphere import calibrate_where_the_device_responds
+    from physgrad.errors import MeasurementError
+    from physgrad.methods import HGE
+
+    class Picky(HGE):
+        def __init__(self, dead: set[int]):
+            super().__init__(0.1, scope="local")
+            self.dead, self.tried = dead, []
+
+        def calibrate(self, system, params=None, inputs=None, freqs=None):
+            k = int(inputs[0, 0])  # the point's index is its first coordinate here
+            self.tried.append(k)
+            if k in self.dead:
+                raise MeasurementError("hge: transfer calibration failed: no channel responds")
+
+    x = torch.arange(6, dtype=torch.float32).unsqueeze(1).expand(6, 3).contiguous()
+    responsive = Picky(set())
+    assert calibrate_where_the_device_responds(responsive, None, torch.zeros(4), x, first=4) == 0
+    assert responsive.tried == [4]  # the point HGE's first gradient would calibrate at
+    picky = Picky({4, 0, 1})
+    assert calibrate_where_the_device_responds(picky, None, torch.zeros(4), x, first=4) == 3
+    assert picky.tried == [4, 0, 1, 2]
+    hopeless = Picky(set(range(6)))
+    with pytest.raises(MeasurementError, match="refused at 3 training points"):
+        calibrate_where_the_device_responds(hopeless, None, torch.zeros(4), x, first=5, tries=3)
+    assert hopeless.tried == [5, 0, 1]

@@ -507,6 +507,10 @@ def test_loss_signal_is_refused_where_a_lab_cannot_form_it():
     with pytest.raises(ConfigError, match="per-data-point"):
         HGE(0.1, loss_signal=True).backward(model, coupled, x, y)
     HGE(0.1, loss_signal=True).backward(model, nn.MSELoss(), x, y)  # a mean of per-sample losses: realisable
+    # a loss without targets: a mean of per-sample terms is realisable, a batch-coupled one is refused
+    HGE(0.1, loss_signal=True).backward(model, lambda out, _: out.pow(2).mean(), x, None)
+    with pytest.raises(ConfigError, match="per-data-point"):
+        HGE(0.1, loss_signal=True).backward(model, lambda out, _: (out - out.mean()).pow(2).mean(), x, None)
 
 
 def test_per_channel_calibration_matters_on_a_device_with_electrode_dependent_bandwidth():

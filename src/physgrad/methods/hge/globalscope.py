@@ -95,7 +95,8 @@ def check_loss_signal(loss_fn, y, out_shape: tuple) -> None:
     own loss signal is demodulated and the readings averaged, which equals demodulating the mean.
     A loss that couples data points (a batch mean, a normalisation, a softmax over the batch) needs
     all windows at once: not physically realisable, so it is refused (use the digital chain rule,
-    ``loss_signal=False``). Checked on random outputs of the model's shape (no device is touched).
+    ``loss_signal=False``). Checked on random outputs of the model's shape (no device is touched);
+    a loss without targets (``y=None``) is checked the same way.
     """
     batch = out_shape[0] if out_shape else 1
     if batch <= 1:
@@ -103,7 +104,8 @@ def check_loss_signal(loss_fn, y, out_shape: tuple) -> None:
     fake = torch.randn(out_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         whole = float(loss_fn(fake, y))
-        parts = torch.tensor([float(loss_fn(fake[b : b + 1], y[b : b + 1])) for b in range(batch)], dtype=torch.float64)
+        parts = torch.tensor([float(loss_fn(fake[b : b + 1], None if y is None else y[b : b + 1])) for b in range(batch)],
+                             dtype=torch.float64)
     if not (math.isclose(whole, float(parts.mean()), rel_tol=1e-4, abs_tol=1e-9)
             or math.isclose(whole, float(parts.sum()), rel_tol=1e-4, abs_tol=1e-9)):
         raise ConfigError(
