@@ -32,6 +32,7 @@ whose test accuracy reaches the target (not reached: the queries spent, flagged)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -123,15 +124,30 @@ def training(args, chosen: list[str], figures: dict) -> None:
     bp = run("backprop", Backprop(seed=0), lambda ps: torch.optim.Adam(ps, lr=1e-2))
     target = bp["accuracy"][-1] - 0.02
     figures.update({"training_epochs": epochs, "training_target_accuracy": target, "training_backprop_final": bp["accuracy"][-1]})
-    rows = []
+    rows, curves = [], {}
     for setting in chosen:
-        r = run(setting, PGT(k, 1e-2, seed=0, **SETTINGS[setting]), lambda ps: torch.optim.SGD(ps, lr=3e-3, momentum=0.9))
+        r = curves[setting] = run(setting, PGT(k, 1e-2, seed=0, **SETTINGS[setting]), lambda ps: torch.optim.SGD(ps, lr=3e-3, momentum=0.9))
         hit = next((q for a, q in zip(r["accuracy"], r["queries"]) if a >= target - 1e-9), None)
         figures[f"training_{setting}_final_accuracy"] = r["accuracy"][-1]
         figures[f"training_{setting}_queries_to_target"] = hit
         figures[f"training_{setting}_queries_total"] = r["queries"][-1]
         figures[f"training_{setting}_curve"] = r["accuracy"]
         rows.append((setting, f"{100 * r['accuracy'][-1]:.2f}", r["queries"][-1], hit if hit is not None else "not reached"))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.semilogx(bp["queries"], [100 * a for a in bp["accuracy"]], "k.-", label="backprop")
+    for i, setting in enumerate(chosen):
+        ax.semilogx(curves[setting]["queries"], [100 * a for a in curves[setting]["accuracy"]], "o-", ms=3,
+                    color=f"C{i}", label=setting)
+    ax.axhline(100 * target, color="k", ls=":", lw=1, label="backprop − 2 pt")
+    ax.set_xlabel("device queries")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title(f"dense hybrid, PGT-global K = {k} (seed 0)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path = plot_path(args, "pgt_variance_training")
+    if args.plot is not None:  # --plot names the fidelity figure; the training one sits next to it
+        path = Path(args.plot).with_name(Path(args.plot).stem + "_training.png")
+    print(f"plot: {save_figure(fig, path)}")
     print(f"\ndense hybrid, {epochs} epochs, seed 0: target = backprop's final {100 * bp['accuracy'][-1]:.2f} % − 2 pt "
           f"= {100 * target:.2f} %\n")
     print(markdown_table(rows, ["setting", "final test acc %", "queries (total)", "queries to target"]))
