@@ -157,6 +157,7 @@ def training(args, figures: dict) -> dict[str, dict]:
             "twin_fits": float(np.mean([r["twin_fits"] for r in runs])),
             "final_std": float(np.std([r["accuracy"][-1] for r in runs])),
             "wall": float(np.mean([r["wall"] for r in runs])),
+            "runs": runs,
         }
         print(f"  {name} per epoch (mean over seeds): accuracy "
               + " ".join(f"{a:.4f}" for a in curves[name]["accuracy"]) + " | queries "
@@ -173,6 +174,11 @@ def training(args, figures: dict) -> dict[str, dict]:
         figures[f"{name}_queries_total"] = float(c["queries"][-1])
         figures[f"{name}_queries_to_target"] = q if math.isfinite(q) else None
         figures[f"{name}_ratio_to_backprop"] = ratio if math.isfinite(ratio) else None
+        # the spread: each seed's own queries to the (seed-mean) target, ÷ backprop's seed-mean figure
+        per_seed = [queries_to(r["accuracy"], r["queries"], target) for r in c["runs"]]
+        figures[f"{name}_queries_to_target_per_seed"] = [q if math.isfinite(q) else None for q in per_seed]
+        print(f"  {name}: queries to target per seed " + ", ".join(f"{q:g}" for q in per_seed)
+              + " (÷ backprop: " + ", ".join(f"{q / q_bp:.2f}" for q in per_seed) + ")", flush=True)
         if name in TWIN_METHODS:
             figures[f"{name}_twin_queries"] = c["twin_queries"]
             figures[f"{name}_twin_heldout_error"] = c["twin_error"]
