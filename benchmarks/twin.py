@@ -101,12 +101,26 @@ def _extra(parser) -> None:
     parser.add_argument("--parts", default="training,fidelity", help="training,fidelity (default both)")
     parser.add_argument("--estimates", type=int, default=None, help="estimates averaged per fidelity row (default 400, quick 40)")
     parser.add_argument("--devices", default=None, help="fidelity devices: reservoir,ring,dnpu (default all, quick reservoir)")
+    parser.add_argument("--network", default="reservoir", choices=("reservoir", "ring"),
+                        help="training: the digits hybrid with the random reservoir (default) or with the auto-oscillation "
+                             "ring (ReservoirNet 64 → 16 → ring, 100 nodes, static → 10, as benchmarks.ring_reservoir)")
 
 
 # ----------------------------------------------------------------------------------------- training
-def train_one(data: Dataset, name: str, seed: int, epochs: int, twin_options: dict = TWIN_OPTIONS) -> dict:
+def _network(kind: str, data: Dataset, seed: int) -> ReservoirNet:
+    """The hybrid net: the PGT paper's reservoir one, or the ring hybrid of benchmarks.ring_reservoir."""
+    if kind == "ring":
+        from physgrad.systems.devices.ring import AutoOscillationRing
+
+        return ReservoirNet(data.num_features, AutoOscillationRing(16, 100, mode="static", seed=1000 + seed),
+                            data.num_classes, seed=seed)
+    return hybrid_net(data.num_features, data.num_classes, seed=seed)
+
+
+def train_one(data: Dataset, name: str, seed: int, epochs: int, twin_options: dict = TWIN_OPTIONS,
+              network: str = "reservoir") -> dict:
     setting = SETTINGS[name]
-    model = hybrid_net(data.num_features, data.num_classes, seed=seed)
+    model = _network(network, data, seed)
     method = setting.make(seed, dict(twin_options))
     opt = torch.optim.Adam(model.parameters(), lr=setting.lr)
     trainer = Trainer(model, method, opt, batch_size=BATCH, seed=seed, progress=False)
@@ -140,12 +154,14 @@ def training(args, figures: dict) -> dict[str, dict]:
     names = [n for n in args.methods.split(",") if n]
     if "backprop" not in names:
         names = ["backprop"] + names
-    print(f"digits: {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, {seeds} seed(s)", flush=True)
+    print(f"digits, {args.network} hybrid: {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, "
+          f"{seeds} seed(s)", flush=True)
+    figures["network"] = args.network
     curves: dict[str, dict] = {}
     for name in names:
         runs = []
         for seed in range(seeds):
-            run = train_one(data, name, seed, epochs, QUICK_TWIN if args.quick else TWIN_OPTIONS)
+            run = train_one(data, name, seed, epochs, QUICK_TWIN if args.quick else TWIN_OPTIONS, args.network)
             runs.append(run)
             print(f"  {name} seed {seed}: final {run['accuracy'][-1]:.4f}, {run['queries'][-1]} queries "
                   f"({run['twin_queries']} twin), {run['wall']:.1f} s", flush=True)
@@ -357,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         axes[0].axhline(100 * figures["target_accuracy"], color="k", ls=":", lw=1, label="backprop − 1 pt")
         axes[0].set_xlabel("device queries (gradients + twin data)")
         axes[0].set_ylabel("test accuracy % (mean over seeds)")
-        axes[0].set_title("digits hybrid net")
+        axes[0].set_title(f"digits, {figures.get('network', 'reservoir')} hybrid net")
         axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
     if rows:
