@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 "rms relative error", "error ÷ paper's"]))
     fig, axes = plt.subplots(1, len(bars), figsize=(5.5 * len(bars), 4), squeeze=False)
     for ax, (name, vals) in zip(axes[0], bars.items()):
-        ax.bar(range(len(vals)), [v for _, v in vals], color=["C0"] + ["C2"] * (len(vals) - 1))
+        ax.bar(range(len(vals)), [v for _, v in vals], color=["C0" if setting == "paper" else "C2" for setting, _ in vals])
         ax.set_xticks(range(len(vals)))
         ax.set_xticklabels([s for s, _ in vals], rotation=30, fontsize=8)
         ax.set_ylabel(f"cosine to the exact minibatch gradient (K = {k})")
