@@ -376,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         axes[0].set_title(f"digits, {figures.get('network', 'reservoir')} hybrid net")
         axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
+    if not rows:
+        axes[1].axis("off")  # the fidelity part was not run
     if rows:
         labels = [f"{d}\n{n}\n{t}" for d, n, t, *_ in rows]
         vals = [r[4] for r in rows]
