@@ -32,7 +32,15 @@ Two questions, one run:
    ``pat_wrong_twin_cosine`` are the reservoir's wrong-twin figures for ``twin_cv`` and ``pat``
    (mean over the fixed points).
 
+   ``--dataset fashion-mnist`` trains the same hybrid on Fashion-MNIST (offline, via
+   ``physgrad.data.load_dataset``) instead of digits: a seeded random subset of
+   ``FASHION["train"]`` training / ``FASHION["test"]`` test images (the full 60k/10k does not fit the
+   shared box; ``--train/--test`` change it), with every setting of the digits rows unchanged (not
+   re-tuned). Only the encoder's input width changes: ``Linear(784 → 32)`` instead of
+   ``Linear(64 → 32)`` (``ReservoirNet`` sizes it from the data); the device layer is the same.
+
     python -m benchmarks.twin [--quick] [--out FILE.json] [--seeds N] [--epochs N] [--parts training,fidelity]
+                              [--dataset digits|fashion-mnist] [--network reservoir|ring]
 """
 
 from __future__ import annotations
@@ -92,6 +100,8 @@ SETTINGS: dict[str, Setting] = {
 }
 EPOCHS, BATCH = 20, 32
 QUICK = dict(epochs=5, train=500, test=300)
+FASHION = dict(train=2000, test=1000)  # the documented Fashion-MNIST subset (seeded, seed 0)
+DATASETS = ("digits", "fashion-mnist")
 
 
 def _extra(parser) -> None:
@@ -101,6 +111,12 @@ def _extra(parser) -> None:
     parser.add_argument("--parts", default="training,fidelity", help="training,fidelity (default both)")
     parser.add_argument("--estimates", type=int, default=None, help="estimates averaged per fidelity row (default 400, quick 40)")
     parser.add_argument("--devices", default=None, help="fidelity devices: reservoir,ring,dnpu (default all, quick reservoir)")
+    parser.add_argument("--dataset", default="digits", choices=DATASETS,
+                        help="training data: digits (default) or fashion-mnist (a seeded subset, see --train/--test)")
+    parser.add_argument("--train", type=int, default=None,
+                        help=f"fashion-mnist training images (default {FASHION['train']}, quick {QUICK['train']})")
+    parser.add_argument("--test", type=int, default=None,
+                        help=f"fashion-mnist test images (default {FASHION['test']}, quick {QUICK['test']})")
     parser.add_argument("--network", default="reservoir", choices=("reservoir", "ring"),
                         help="training: the digits hybrid with the random reservoir (default) or with the auto-oscillation "
                              "ring (ReservoirNet 64 → 16 → ring, 100 nodes, static → 10, as benchmarks.ring_reservoir)")
@@ -146,17 +162,22 @@ def queries_to(acc: Sequence[float], queries: Sequence[float], target: float) ->
 
 
 def training(args, figures: dict) -> dict[str, dict]:
-    data = load_dataset("digits")
+    data = load_dataset(args.dataset)
     epochs = args.epochs or (QUICK["epochs"] if args.quick else EPOCHS)
-    if args.quick:
-        data = data.subset(train=QUICK["train"], test=QUICK["test"], seed=0)
+    sizes = QUICK if args.quick else (FASHION if args.dataset != "digits" else {"train": None, "test": None})
+    train_n = args.train if args.train is not None else sizes["train"]
+    test_n = args.test if args.test is not None else sizes["test"]
+    if train_n is not None or test_n is not None:
+        data = data.subset(train=train_n, test=test_n, seed=0)
     seeds = args.seeds or (1 if args.quick else 3)
     names = [n for n in args.methods.split(",") if n]
     if "backprop" not in names:
         names = ["backprop"] + names
-    print(f"digits, {args.network} hybrid: {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, "
+    print(f"{args.dataset}, {args.network} hybrid ({data.num_features} inputs): {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, "
           f"{seeds} seed(s)", flush=True)
     figures["network"] = args.network
+    figures["dataset"] = args.dataset
+    figures["input_features"] = data.num_features  # the encoder's input width (64 digits, 784 Fashion-MNIST)
     curves: dict[str, dict] = {}
     for name in names:
         runs = []
@@ -373,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         axes[0].axhline(100 * figures["target_accuracy"], color="k", ls=":", lw=1, label="backprop − 1 pt")
         axes[0].set_xlabel("device queries (gradients + twin data)")
         axes[0].set_ylabel("test accuracy % (mean over seeds)")
-        axes[0].set_title(f"digits, {figures.get('network', 'reservoir')} hybrid net")
+        axes[0].set_title(f"{figures.get('dataset', 'digits')}, {figures.get('network', 'reservoir')} hybrid net")
         axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
     if not rows:

@@ -6,6 +6,7 @@ by relative error of the mean of many estimates, on every parameter group.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -421,6 +422,40 @@ def test_quick_benchmark_writes_its_contract(tmp_path):
         assert -1.0 <= figures[key] <= 1.0, key
     assert figures["pat_queries_total"] > figures["pat_twin_queries"] > 0  # twin data is in the cost
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_quick_benchmark_trains_on_fashion_mnist_files(tmp_path):
+    """``--dataset fashion-mnist`` reads the IDX files through load_dataset (here: small fake ones given by
+    $PHYSGRAD_DATA, so the test needs no download) and widens only the encoder to 784 inputs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from physgrad.data.datasets import IDX_FILES
+
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (40, 28, 28)), rng.integers(0, 10, 40), rng.integers(0, 256, (20, 28, 28)),
+              rng.integers(0, 10, 20)]
+    for stem, a in zip(IDX_FILES, arrays):
+        header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+        (folder / stem).write_bytes(header + a.astype(np.uint8).tobytes())
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "fashion.json"
+    cmd = [sys.executable, "-m", "benchmarks.twin", "--quick", "--threads", "1", "--dataset", "fashion-mnist",
+           "--parts", "training", "--methods", "backprop,pat", "--epochs", "1", "--out", str(out),
+           "--plot", str(tmp_path / "f.png")]
+    env = dict(os.environ, PHYSGRAD_DATA=str(tmp_path / "data"))
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["dataset"] == "fashion-mnist" and figures["input_features"] == 784
+    assert (figures["train_samples"], figures["test_samples"]) == (40, 20)
+    assert figures["pat_queries_total"] > figures["pat_twin_queries"] > 0
+    assert figures["backprop_queries_total"] == 2  # one query per step: 40 images in batches of 32
 
 
 def test_pgt_variance_benchmark_runs(tmp_path):
