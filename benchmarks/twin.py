@@ -39,8 +39,18 @@ Two questions, one run:
    re-tuned). Only the encoder's input width changes: ``Linear(784 → 32)`` instead of
    ``Linear(64 → 32)`` (``ReservoirNet`` sizes it from the data); the device layer is the same.
 
+   ``--network dnpu`` trains a DNPU instead of a hybrid net: the 3-D sphere task of
+   benchmarks.hge_sphere (512 training / 2048 test points in [−1, 1]³, inside/outside the ball of
+   half the cube's volume, coordinates mapped onto input electrodes 2, 3, 4) on the built-in
+   synthetic DNPU (``DNPU.synthetic(seed=0)``, static, noise-free; the four other electrodes are
+   the trained controls, initialised uniformly in their range from the run's seed), followed by
+   hge_sphere's digital read-out ``w·I + b`` (as the logits ``[0, w·I + b]``: cross-entropy on them is
+   hge_sphere's BCE). Default 25 epochs = hge_sphere's 400 steps of 32. Every method's setting
+   (learning rate, K, q, twin) is the digits rows', not re-tuned. The twin is fitted only to the
+   DNPU's answers to the method's own queries (warm-up, refit and training measurements).
+
     python -m benchmarks.twin [--quick] [--out FILE.json] [--seeds N] [--epochs N] [--parts training,fidelity]
-                              [--dataset digits|fashion-mnist] [--network reservoir|ring]
+                              [--dataset digits|fashion-mnist] [--network reservoir|ring|dnpu]
 """
 
 from __future__ import annotations
@@ -117,14 +127,60 @@ def _extra(parser) -> None:
                         help=f"fashion-mnist training images (default {FASHION['train']}, quick {QUICK['train']})")
     parser.add_argument("--test", type=int, default=None,
                         help=f"fashion-mnist test images (default {FASHION['test']}, quick {QUICK['test']})")
-    parser.add_argument("--network", default="reservoir", choices=("reservoir", "ring"),
+    parser.add_argument("--network", default="reservoir", choices=("reservoir", "ring", "dnpu"),
                         help="training: the digits hybrid with the random reservoir (default) or with the auto-oscillation "
-                             "ring (ReservoirNet 64 → 16 → ring, 100 nodes, static → 10, as benchmarks.ring_reservoir)")
+                             "ring (ReservoirNet 64 → 16 → ring, 100 nodes, static → 10, as benchmarks.ring_reservoir) or the synthetic DNPU on hge_sphere's "
+                             "sphere task (--dataset is then not used)")
 
 
 # ----------------------------------------------------------------------------------------- training
-def _network(kind: str, data: Dataset, seed: int) -> ReservoirNet:
-    """The hybrid net: the PGT paper's reservoir one, or the ring hybrid of benchmarks.ring_reservoir."""
+SPHERE = dict(train=512, test=2048, epochs=25)  # benchmarks.hge_sphere: 512 / 2048 points, 400 steps of 32
+QUICK_SPHERE = dict(train=64, test=256)
+
+
+class SphereReadout(torch.nn.Module):
+    """hge_sphere's digital read-out ``z = w·I + b`` (w = 0.1, b = 0 at start), as the two logits ``[0, z]``:
+    cross-entropy on them equals hge_sphere's BCE on ``sigmoid(z)``, so the benchmark's Trainer applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.1))
+        self.b = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        z = self.w * current.reshape(-1) + self.b
+        return torch.stack([torch.zeros_like(z), z], dim=-1)
+
+
+def sphere_dataset(quick: bool) -> Dataset:
+    """hge_sphere's task in volts on the synthetic DNPU's input electrodes (same seeds: 100 train, 200 test)."""
+    from physgrad.systems.devices.dnpu import DNPU
+
+    from .hge_sphere import INPUT_ELECTRODES, sphere_data, to_volts
+
+    sizes = QUICK_SPHERE if quick else SPHERE
+    dnpu = DNPU.synthetic(seed=0, input_electrodes=INPUT_ELECTRODES)
+    p_tr, y_tr = sphere_data(sizes["train"], seed=100)
+    p_te, y_te = sphere_data(sizes["test"], seed=200)
+    return Dataset("sphere", to_volts(p_tr, dnpu), y_tr.long(), to_volts(p_te, dnpu), y_te.long(), 2, (1, 3))
+
+
+def _network(kind: str, data: Dataset, seed: int) -> torch.nn.Module:
+    """The hybrid net: the PGT paper's reservoir one, or the ring hybrid of benchmarks.ring_reservoir;
+    or (``dnpu``) the synthetic DNPU with hge_sphere's read-out and seeded uniform initial controls."""
+    if kind == "dnpu":
+        from physgrad.models import PhysicalLayer
+        from physgrad.systems.devices.dnpu import DNPU
+
+        from .hge_sphere import INPUT_ELECTRODES
+
+        dnpu = DNPU.synthetic(seed=0, input_electrodes=INPUT_ELECTRODES)
+        model = torch.nn.Sequential(PhysicalLayer(dnpu), SphereReadout())
+        low, high = dnpu.parameter_bounds()["controls"]
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            model[0].params["controls"].copy_(low + (high - low) * torch.rand(low.shape, generator=g))
+        return model
     if kind == "ring":
         from physgrad.systems.devices.ring import AutoOscillationRing
 
@@ -161,22 +217,32 @@ def queries_to(acc: Sequence[float], queries: Sequence[float], target: float) ->
     return math.inf
 
 
-def training(args, figures: dict) -> dict[str, dict]:
+def _training_data(args) -> Dataset:
+    """digits (whole) or the seeded Fashion-MNIST subset; ``--quick``: the QUICK subset of either."""
     data = load_dataset(args.dataset)
-    epochs = args.epochs or (QUICK["epochs"] if args.quick else EPOCHS)
     sizes = QUICK if args.quick else (FASHION if args.dataset != "digits" else {"train": None, "test": None})
     train_n = args.train if args.train is not None else sizes["train"]
     test_n = args.test if args.test is not None else sizes["test"]
     if train_n is not None or test_n is not None:
         data = data.subset(train=train_n, test=test_n, seed=0)
+    return data
+
+
+def training(args, figures: dict) -> dict[str, dict]:
+    if args.network == "dnpu":
+        data = sphere_dataset(args.quick)
+        epochs = args.epochs or (QUICK["epochs"] if args.quick else SPHERE["epochs"])
+    else:
+        data = _training_data(args)
+        epochs = args.epochs or (QUICK["epochs"] if args.quick else EPOCHS)
     seeds = args.seeds or (1 if args.quick else 3)
     names = [n for n in args.methods.split(",") if n]
     if "backprop" not in names:
         names = ["backprop"] + names
-    print(f"{args.dataset}, {args.network} hybrid ({data.num_features} inputs): {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, "
+    print(f"{data.name}, {args.network} ({data.num_features} inputs): {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, "
           f"{seeds} seed(s)", flush=True)
     figures["network"] = args.network
-    figures["dataset"] = args.dataset
+    figures["dataset"] = data.name
     figures["input_features"] = data.num_features  # the encoder's input width (64 digits, 784 Fashion-MNIST)
     curves: dict[str, dict] = {}
     for name in names:
@@ -394,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         axes[0].axhline(100 * figures["target_accuracy"], color="k", ls=":", lw=1, label="backprop − 1 pt")
         axes[0].set_xlabel("device queries (gradients + twin data)")
         axes[0].set_ylabel("test accuracy % (mean over seeds)")
-        axes[0].set_title(f"{figures.get('dataset', 'digits')}, {figures.get('network', 'reservoir')} hybrid net")
+        net = figures.get("network", "reservoir")
+        axes[0].set_title(f"{figures.get('dataset', 'digits')}, " + ("synthetic DNPU" if net == "dnpu" else f"{net} hybrid net"))
         axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
     if not rows:

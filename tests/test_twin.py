@@ -458,6 +458,26 @@ def test_quick_benchmark_trains_on_fashion_mnist_files(tmp_path):
     assert figures["backprop_queries_total"] == 2  # one query per step: 40 images in batches of 32
 
 
+def test_quick_benchmark_trains_a_synthetic_dnpu_on_the_sphere_task(tmp_path):
+    """``--network dnpu``: hge_sphere's task on the synthetic DNPU; the twin's data is counted in the cost."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "dnpu.json"
+    cmd = [sys.executable, "-m", "benchmarks.twin", "--quick", "--threads", "1", "--network", "dnpu", "--parts", "training",
+           "--methods", "backprop,twin_cv", "--epochs", "1", "--out", str(out), "--plot", str(tmp_path / "d.png")]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert (figures["network"], figures["dataset"], figures["input_features"]) == ("dnpu", "sphere", 3)
+    assert (figures["train_samples"], figures["test_samples"]) == (64, 256)
+    assert figures["backprop_queries_total"] == 2  # 64 points in batches of 32: one query per step
+    assert figures["twin_cv_queries_total"] > figures["twin_cv_twin_queries"] >= 32  # the 32 warm-up queries count
+
+
 def test_pgt_variance_benchmark_runs(tmp_path):
     import json
     import subprocess
