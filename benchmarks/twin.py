@@ -42,7 +42,8 @@ Two questions, one run:
    ``--network dnpu`` trains a DNPU instead of a hybrid net: the 3-D sphere task of
    benchmarks.hge_sphere (512 training / 2048 test points in [−1, 1]³, inside/outside the ball of
    half the cube's volume, coordinates mapped onto input electrodes 2, 3, 4) on the built-in
-   synthetic DNPU (``DNPU.synthetic(seed=0)``, static, noise-free; the four other electrodes are
+   synthetic DNPU (``DNPU.synthetic(seed=0)``, or ``--dnpu PATH``: a shared surrogate ``.npz`` as the
+   device; static, noise-free; the four other electrodes are
    the trained controls, initialised uniformly in their range from the run's seed), followed by
    hge_sphere's digital read-out ``w·I + b`` (as the logits ``[0, w·I + b]``: cross-entropy on them is
    hge_sphere's BCE). Default 25 epochs = hge_sphere's 400 steps of 32. Every method's setting
@@ -50,7 +51,7 @@ Two questions, one run:
    DNPU's answers to the method's own queries (warm-up, refit and training measurements).
 
     python -m benchmarks.twin [--quick] [--out FILE.json] [--seeds N] [--epochs N] [--parts training,fidelity]
-                              [--dataset digits|fashion-mnist] [--network reservoir|ring|dnpu]
+                              [--dataset digits|fashion-mnist] [--network reservoir|ring|dnpu] [--dnpu PATH]
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def _extra(parser) -> None:
     parser.add_argument("--parts", default="training,fidelity", help="training,fidelity (default both)")
     parser.add_argument("--estimates", type=int, default=None, help="estimates averaged per fidelity row (default 400, quick 40)")
     parser.add_argument("--devices", default=None, help="fidelity devices: reservoir,ring,dnpu (default all, quick reservoir)")
+    parser.add_argument("--dnpu", default=None, metavar="PATH",
+                        help="--network dnpu: a surrogate .npz in the shared format as the device (default: the built-in "
+                             "synthetic DNPU)")
     parser.add_argument("--dataset", default="digits", choices=DATASETS,
                         help="training data: digits (default) or fashion-mnist (a seeded subset, see --train/--test)")
     parser.add_argument("--train", type=int, default=None,
@@ -152,29 +156,36 @@ class SphereReadout(torch.nn.Module):
         return torch.stack([torch.zeros_like(z), z], dim=-1)
 
 
-def sphere_dataset(quick: bool) -> Dataset:
-    """hge_sphere's task in volts on the synthetic DNPU's input electrodes (same seeds: 100 train, 200 test)."""
+def sphere_dnpu(path: str | None = None):
+    """The DNPU of the ``dnpu`` rows: the built-in synthetic one, or a shared surrogate ``.npz`` (``--dnpu PATH``)
+    used as the device (it answers measurements; the twin never reads its weights)."""
     from physgrad.systems.devices.dnpu import DNPU
 
-    from .hge_sphere import INPUT_ELECTRODES, sphere_data, to_volts
+    from .hge_sphere import INPUT_ELECTRODES
+
+    if path is None:
+        return DNPU.synthetic(seed=0, input_electrodes=INPUT_ELECTRODES)
+    return DNPU.load(path, input_electrodes=INPUT_ELECTRODES)
+
+
+def sphere_dataset(quick: bool, path: str | None = None) -> Dataset:
+    """hge_sphere's task in volts on the synthetic DNPU's input electrodes (same seeds: 100 train, 200 test)."""
+    from .hge_sphere import sphere_data, to_volts
 
     sizes = QUICK_SPHERE if quick else SPHERE
-    dnpu = DNPU.synthetic(seed=0, input_electrodes=INPUT_ELECTRODES)
+    dnpu = sphere_dnpu(path)
     p_tr, y_tr = sphere_data(sizes["train"], seed=100)
     p_te, y_te = sphere_data(sizes["test"], seed=200)
     return Dataset("sphere", to_volts(p_tr, dnpu), y_tr.long(), to_volts(p_te, dnpu), y_te.long(), 2, (1, 3))
 
 
-def _network(kind: str, data: Dataset, seed: int) -> torch.nn.Module:
+def _network(kind: str, data: Dataset, seed: int, dnpu_path: str | None = None) -> torch.nn.Module:
     """The hybrid net: the PGT paper's reservoir one, or the ring hybrid of benchmarks.ring_reservoir;
     or (``dnpu``) the synthetic DNPU with hge_sphere's read-out and seeded uniform initial controls."""
     if kind == "dnpu":
         from physgrad.models import PhysicalLayer
-        from physgrad.systems.devices.dnpu import DNPU
 
-        from .hge_sphere import INPUT_ELECTRODES
-
-        dnpu = DNPU.synthetic(seed=0, input_electrodes=INPUT_ELECTRODES)
+        dnpu = sphere_dnpu(dnpu_path)
         model = torch.nn.Sequential(PhysicalLayer(dnpu), SphereReadout())
         low, high = dnpu.parameter_bounds()["controls"]
         g = torch.Generator().manual_seed(seed)
@@ -190,9 +201,9 @@ def _network(kind: str, data: Dataset, seed: int) -> torch.nn.Module:
 
 
 def train_one(data: Dataset, name: str, seed: int, epochs: int, twin_options: dict = TWIN_OPTIONS,
-              network: str = "reservoir") -> dict:
+              network: str = "reservoir", dnpu_path: str | None = None) -> dict:
     setting = SETTINGS[name]
-    model = _network(network, data, seed)
+    model = _network(network, data, seed, dnpu_path)
     method = setting.make(seed, dict(twin_options))
     opt = torch.optim.Adam(model.parameters(), lr=setting.lr)
     trainer = Trainer(model, method, opt, batch_size=BATCH, seed=seed, progress=False)
@@ -230,7 +241,7 @@ def _training_data(args) -> Dataset:
 
 def training(args, figures: dict) -> dict[str, dict]:
     if args.network == "dnpu":
-        data = sphere_dataset(args.quick)
+        data = sphere_dataset(args.quick, args.dnpu)
         epochs = args.epochs or (QUICK["epochs"] if args.quick else SPHERE["epochs"])
     else:
         data = _training_data(args)
@@ -242,13 +253,15 @@ def training(args, figures: dict) -> dict[str, dict]:
     print(f"{data.name}, {args.network} ({data.num_features} inputs): {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, "
           f"{seeds} seed(s)", flush=True)
     figures["network"] = args.network
+    if args.network == "dnpu":
+        figures["dnpu_device"] = sphere_dnpu(args.dnpu).name
     figures["dataset"] = data.name
     figures["input_features"] = data.num_features  # the encoder's input width (64 digits, 784 Fashion-MNIST)
     curves: dict[str, dict] = {}
     for name in names:
         runs = []
         for seed in range(seeds):
-            run = train_one(data, name, seed, epochs, QUICK_TWIN if args.quick else TWIN_OPTIONS, args.network)
+            run = train_one(data, name, seed, epochs, QUICK_TWIN if args.quick else TWIN_OPTIONS, args.network, args.dnpu)
             runs.append(run)
             print(f"  {name} seed {seed}: final {run['accuracy'][-1]:.4f}, {run['queries'][-1]} queries "
                   f"({run['twin_queries']} twin), {run['wall']:.1f} s", flush=True)

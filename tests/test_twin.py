@@ -473,6 +473,7 @@ def test_quick_benchmark_trains_a_synthetic_dnpu_on_the_sphere_task(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(out.read_text())
     assert (figures["network"], figures["dataset"], figures["input_features"]) == ("dnpu", "sphere", 3)
+    assert figures["dnpu_device"] == "synthetic-0"
     assert (figures["train_samples"], figures["test_samples"]) == (64, 256)
     assert figures["backprop_queries_total"] == 2  # 64 points in batches of 32: one query per step
     assert figures["twin_cv_queries_total"] > figures["twin_cv_twin_queries"] >= 32  # the 32 warm-up queries count
