@@ -32,7 +32,26 @@ Two questions, one run:
    ``pat_wrong_twin_cosine`` are the reservoir's wrong-twin figures for ``twin_cv`` and ``pat``
    (mean over the fixed points).
 
+   ``--dataset fashion-mnist`` trains the same hybrid on Fashion-MNIST (offline, via
+   ``physgrad.data.load_dataset``) instead of digits: a seeded random subset of
+   ``FASHION["train"]`` training / ``FASHION["test"]`` test images (the full 60k/10k does not fit the
+   shared box; ``--train/--test`` change it), with every setting of the digits rows unchanged (not
+   re-tuned). Only the encoder's input width changes: ``Linear(784 → 32)`` instead of
+   ``Linear(64 → 32)`` (``ReservoirNet`` sizes it from the data); the device layer is the same.
+
+   ``--network dnpu`` trains a DNPU instead of a hybrid net: the 3-D sphere task of
+   benchmarks.hge_sphere (512 training / 2048 test points in [−1, 1]³, inside/outside the ball of
+   half the cube's volume, coordinates mapped onto input electrodes 2, 3, 4) on the built-in
+   synthetic DNPU (``DNPU.synthetic(seed=0)``, or ``--dnpu PATH``: a shared surrogate ``.npz`` as the
+   device; static, noise-free; the four other electrodes are
+   the trained controls, initialised uniformly in their range from the run's seed), followed by
+   hge_sphere's digital read-out ``w·I + b`` (as the logits ``[0, w·I + b]``: cross-entropy on them is
+   hge_sphere's BCE). Default 25 epochs = hge_sphere's 400 steps of 32. Every method's setting
+   (learning rate, K, q, twin) is the digits rows', not re-tuned. The twin is fitted only to the
+   DNPU's answers to the method's own queries (warm-up, refit and training measurements).
+
     python -m benchmarks.twin [--quick] [--out FILE.json] [--seeds N] [--epochs N] [--parts training,fidelity]
+                              [--dataset digits|fashion-mnist] [--network reservoir|ring|dnpu] [--dnpu PATH]
 """
 
 from __future__ import annotations
@@ -92,6 +111,8 @@ SETTINGS: dict[str, Setting] = {
 }
 EPOCHS, BATCH = 20, 32
 QUICK = dict(epochs=5, train=500, test=300)
+FASHION = dict(train=2000, test=1000)  # the documented Fashion-MNIST subset (seeded, seed 0)
+DATASETS = ("digits", "fashion-mnist")
 
 
 def _extra(parser) -> None:
@@ -101,12 +122,88 @@ def _extra(parser) -> None:
     parser.add_argument("--parts", default="training,fidelity", help="training,fidelity (default both)")
     parser.add_argument("--estimates", type=int, default=None, help="estimates averaged per fidelity row (default 400, quick 40)")
     parser.add_argument("--devices", default=None, help="fidelity devices: reservoir,ring,dnpu (default all, quick reservoir)")
+    parser.add_argument("--dnpu", default=None, metavar="PATH",
+                        help="--network dnpu: a surrogate .npz in the shared format as the device (default: the built-in "
+                             "synthetic DNPU)")
+    parser.add_argument("--dataset", default="digits", choices=DATASETS,
+                        help="training data: digits (default) or fashion-mnist (a seeded subset, see --train/--test)")
+    parser.add_argument("--train", type=int, default=None,
+                        help=f"fashion-mnist training images (default {FASHION['train']}, quick {QUICK['train']})")
+    parser.add_argument("--test", type=int, default=None,
+                        help=f"fashion-mnist test images (default {FASHION['test']}, quick {QUICK['test']})")
+    parser.add_argument("--network", default="reservoir", choices=("reservoir", "ring", "dnpu"),
+                        help="training: the digits hybrid with the random reservoir (default) or with the auto-oscillation "
+                             "ring (ReservoirNet 64 → 16 → ring, 100 nodes, static → 10, as benchmarks.ring_reservoir) or the synthetic DNPU on hge_sphere's "
+                             "sphere task (--dataset is then not used)")
 
 
 # ----------------------------------------------------------------------------------------- training
-def train_one(data: Dataset, name: str, seed: int, epochs: int, twin_options: dict = TWIN_OPTIONS) -> dict:
+SPHERE = dict(train=512, test=2048, epochs=25)  # benchmarks.hge_sphere: 512 / 2048 points, 400 steps of 32
+QUICK_SPHERE = dict(train=64, test=256)
+
+
+class SphereReadout(torch.nn.Module):
+    """hge_sphere's digital read-out ``z = w·I + b`` (w = 0.1, b = 0 at start), as the two logits ``[0, z]``:
+    cross-entropy on them equals hge_sphere's BCE on ``sigmoid(z)``, so the benchmark's Trainer applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.1))
+        self.b = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        z = self.w * current.reshape(-1) + self.b
+        return torch.stack([torch.zeros_like(z), z], dim=-1)
+
+
+def sphere_dnpu(path: str | None = None):
+    """The DNPU of the ``dnpu`` rows: the built-in synthetic one, or a shared surrogate ``.npz`` (``--dnpu PATH``)
+    used as the device (it answers measurements; the twin never reads its weights)."""
+    from physgrad.systems.devices.dnpu import DNPU
+
+    from .hge_sphere import INPUT_ELECTRODES
+
+    if path is None:
+        return DNPU.synthetic(seed=0, input_electrodes=INPUT_ELECTRODES)
+    return DNPU.load(path, input_electrodes=INPUT_ELECTRODES)
+
+
+def sphere_dataset(quick: bool, path: str | None = None) -> Dataset:
+    """hge_sphere's task in volts on the synthetic DNPU's input electrodes (same seeds: 100 train, 200 test)."""
+    from .hge_sphere import sphere_data, to_volts
+
+    sizes = QUICK_SPHERE if quick else SPHERE
+    dnpu = sphere_dnpu(path)
+    p_tr, y_tr = sphere_data(sizes["train"], seed=100)
+    p_te, y_te = sphere_data(sizes["test"], seed=200)
+    return Dataset("sphere", to_volts(p_tr, dnpu), y_tr.long(), to_volts(p_te, dnpu), y_te.long(), 2, (1, 3))
+
+
+def _network(kind: str, data: Dataset, seed: int, dnpu_path: str | None = None) -> torch.nn.Module:
+    """The hybrid net: the PGT paper's reservoir one, or the ring hybrid of benchmarks.ring_reservoir;
+    or (``dnpu``) the synthetic DNPU with hge_sphere's read-out and seeded uniform initial controls."""
+    if kind == "dnpu":
+        from physgrad.models import PhysicalLayer
+
+        dnpu = sphere_dnpu(dnpu_path)
+        model = torch.nn.Sequential(PhysicalLayer(dnpu), SphereReadout())
+        low, high = dnpu.parameter_bounds()["controls"]
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            model[0].params["controls"].copy_(low + (high - low) * torch.rand(low.shape, generator=g))
+        return model
+    if kind == "ring":
+        from physgrad.systems.devices.ring import AutoOscillationRing
+
+        return ReservoirNet(data.num_features, AutoOscillationRing(16, 100, mode="static", seed=1000 + seed),
+                            data.num_classes, seed=seed)
+    return hybrid_net(data.num_features, data.num_classes, seed=seed)
+
+
+def train_one(data: Dataset, name: str, seed: int, epochs: int, twin_options: dict = TWIN_OPTIONS,
+              network: str = "reservoir", dnpu_path: str | None = None) -> dict:
     setting = SETTINGS[name]
-    model = hybrid_net(data.num_features, data.num_classes, seed=seed)
+    model = _network(network, data, seed, dnpu_path)
     method = setting.make(seed, dict(twin_options))
     opt = torch.optim.Adam(model.parameters(), lr=setting.lr)
     trainer = Trainer(model, method, opt, batch_size=BATCH, seed=seed, progress=False)
@@ -131,21 +228,40 @@ def queries_to(acc: Sequence[float], queries: Sequence[float], target: float) ->
     return math.inf
 
 
+def _training_data(args) -> Dataset:
+    """digits (whole) or the seeded Fashion-MNIST subset; ``--quick``: the QUICK subset of either."""
+    data = load_dataset(args.dataset)
+    sizes = QUICK if args.quick else (FASHION if args.dataset != "digits" else {"train": None, "test": None})
+    train_n = args.train if args.train is not None else sizes["train"]
+    test_n = args.test if args.test is not None else sizes["test"]
+    if train_n is not None or test_n is not None:
+        data = data.subset(train=train_n, test=test_n, seed=0)
+    return data
+
+
 def training(args, figures: dict) -> dict[str, dict]:
-    data = load_dataset("digits")
-    epochs = args.epochs or (QUICK["epochs"] if args.quick else EPOCHS)
-    if args.quick:
-        data = data.subset(train=QUICK["train"], test=QUICK["test"], seed=0)
+    if args.network == "dnpu":
+        data = sphere_dataset(args.quick, args.dnpu)
+        epochs = args.epochs or (QUICK["epochs"] if args.quick else SPHERE["epochs"])
+    else:
+        data = _training_data(args)
+        epochs = args.epochs or (QUICK["epochs"] if args.quick else EPOCHS)
     seeds = args.seeds or (1 if args.quick else 3)
     names = [n for n in args.methods.split(",") if n]
     if "backprop" not in names:
         names = ["backprop"] + names
-    print(f"digits: {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, {seeds} seed(s)", flush=True)
+    print(f"{data.name}, {args.network} ({data.num_features} inputs): {len(data.y_train)} train / {len(data.y_test)} test, {epochs} epochs, "
+          f"{seeds} seed(s)", flush=True)
+    figures["network"] = args.network
+    if args.network == "dnpu":
+        figures["dnpu_device"] = sphere_dnpu(args.dnpu).name
+    figures["dataset"] = data.name
+    figures["input_features"] = data.num_features  # the encoder's input width (64 digits, 784 Fashion-MNIST)
     curves: dict[str, dict] = {}
     for name in names:
         runs = []
         for seed in range(seeds):
-            run = train_one(data, name, seed, epochs, QUICK_TWIN if args.quick else TWIN_OPTIONS)
+            run = train_one(data, name, seed, epochs, QUICK_TWIN if args.quick else TWIN_OPTIONS, args.network, args.dnpu)
             runs.append(run)
             print(f"  {name} seed {seed}: final {run['accuracy'][-1]:.4f}, {run['queries'][-1]} queries "
                   f"({run['twin_queries']} twin), {run['wall']:.1f} s", flush=True)
@@ -157,6 +273,7 @@ def training(args, figures: dict) -> dict[str, dict]:
             "twin_fits": float(np.mean([r["twin_fits"] for r in runs])),
             "final_std": float(np.std([r["accuracy"][-1] for r in runs])),
             "wall": float(np.mean([r["wall"] for r in runs])),
+            "runs": runs,
         }
         print(f"  {name} per epoch (mean over seeds): accuracy "
               + " ".join(f"{a:.4f}" for a in curves[name]["accuracy"]) + " | queries "
@@ -173,6 +290,11 @@ def training(args, figures: dict) -> dict[str, dict]:
         figures[f"{name}_queries_total"] = float(c["queries"][-1])
         figures[f"{name}_queries_to_target"] = q if math.isfinite(q) else None
         figures[f"{name}_ratio_to_backprop"] = ratio if math.isfinite(ratio) else None
+        # the spread: each seed's own queries to the (seed-mean) target, ÷ backprop's seed-mean figure
+        per_seed = [queries_to(r["accuracy"], r["queries"], target) for r in c["runs"]]
+        figures[f"{name}_queries_to_target_per_seed"] = [q if math.isfinite(q) else None for q in per_seed]
+        print(f"  {name}: queries to target per seed " + ", ".join(f"{q:g}" for q in per_seed)
+              + " (÷ backprop: " + ", ".join(f"{q / q_bp:.2f}" for q in per_seed) + ")", flush=True)
         if name in TWIN_METHODS:
             figures[f"{name}_twin_queries"] = c["twin_queries"]
             figures[f"{name}_twin_heldout_error"] = c["twin_error"]
@@ -351,9 +473,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         axes[0].axhline(100 * figures["target_accuracy"], color="k", ls=":", lw=1, label="backprop − 1 pt")
         axes[0].set_xlabel("device queries (gradients + twin data)")
         axes[0].set_ylabel("test accuracy % (mean over seeds)")
-        axes[0].set_title("digits hybrid net")
+        net = figures.get("network", "reservoir")
+        axes[0].set_title(f"{figures.get('dataset', 'digits')}, " + ("synthetic DNPU" if net == "dnpu" else f"{net} hybrid net"))
         axes[0].legend(fontsize=8)
         axes[0].grid(alpha=0.3)
+    if not rows:
+        axes[1].axis("off")  # the fidelity part was not run
     if rows:
         labels = [f"{d}\n{n}\n{t}" for d, n, t, *_ in rows]
         vals = [r[4] for r in rows]

@@ -44,6 +44,7 @@ def small_options(name: str) -> dict:
         "eqprop": dict(beta=0.1, seed=3),
         "aeqprop": dict(beta=0.1, epsilon=1e-3, seed=3),
         "backprop": dict(seed=3),
+        "pat": dict(seed=3), "twin_cv": dict(seed=3), "twin_guided": dict(seed=3),
     }.get(name, {"seed": 3})  # later methods (the baselines, ...): their defaults
 
 

@@ -6,12 +6,14 @@ by relative error of the mean of many estimates, on every parameter group.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from _helpers import exact_grad, flat_grad, small_net
 from physgrad import RandomReservoir
+from physgrad.cost import Cost
 from physgrad.errors import ConfigError, MeasurementError, ShapeError
 from physgrad.methods.twin import PAT, Twin, TwinGuidedPGT
 from physgrad.models import ReservoirNet
@@ -245,6 +247,163 @@ def test_state_dict_round_trip_resumes_exactly():
     assert torch.allclose(ea, eb, atol=1e-6)
 
 
+# ------------------------------------------------------------------------------------ ask / tell (issue 10)
+TINY = {"hidden": (16,), "min_new_rows": 24}
+MAKERS = {
+    "pat": lambda c=None: PAT(warmup_queries=6, refit_queries=3, twin_options=TINY, seed=1, carrier=c),
+    "twin_cv": lambda c=None: TwinGuidedPGT(2, 1e-3, correction_prob=0.5, warmup_queries=6, refit_queries=3,
+                                            twin_options=TINY, seed=2, carrier=c),
+    "twin_guided": lambda c=None: TwinGuidedPGT(2, 1e-3, alpha=0.5, control_variate=False, warmup_queries=6,
+                                                refit_queries=3, twin_options=TINY, seed=3, carrier=c),
+}
+
+
+def layer_point(model, x, y):
+    """The reservoir's measured point in the net: setting, inputs, the measured output, the cotangent."""
+    system = model.reservoir.system
+    params = {n: p.detach() for n, p in model.reservoir.device_parameters().items()}
+    h = layer_inputs(model, x)
+    out = system.measure({n: p.unsqueeze(0) for n, p in params.items()}, h)[0].requires_grad_(True)
+    (v,) = torch.autograd.grad(F.cross_entropy(model.readout(out), y), out)
+    return system, params, h, out.detach(), v
+
+
+def by_hand(method, system, params, h, v, carrier, outputs=None, cotangent=None):
+    """The lab loop: ask (pure) → the carrier → tell, returning the estimate and what the device counted."""
+    probes = method.ask(params, h, system=system, bounds=system.parameter_bounds(h.dtype), input_bounds=system.input_range,
+                        outputs=outputs, cotangent=cotangent)
+    before = system.cost
+    estimate = method.tell(probes, carrier(system, probes), v)
+    return probes, estimate, system.cost - before
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_ask_tell_by_hand_equals_the_layer_vjp_and_a_sharding_carrier_changes_nothing(name):
+    """Three runs of five steps (refits included): the layer's vjp (forward measured by the layer), ask/tell by
+    hand with the forward pass among the probes, and the same through ``InProcess(max_parts=2)``."""
+    from physgrad.carriers import InProcess
+
+    runs = []
+    for carrier in ("vjp", InProcess(), InProcess(max_parts=2)):
+        model, x, y = small_net()
+        model.reservoir.system.seconds_per_query = 0.25
+        method = MAKERS[name]()
+        steps = []
+        for step in range(5):
+            xb, yb = x[step : step + 12], y[step : step + 12]
+            system, params, h, out, v = layer_point(model, xb, yb)
+            if carrier == "vjp":
+                before = system.cost
+                gx, grads = method.vjp(system, params, h, out, v)
+                counted = system.cost - before
+            else:
+                guide = v if name == "twin_guided" else None  # the layer's vjp knows the cotangent at ask
+                probes, est, counted = by_hand(method, system, params, h, v, carrier, cotangent=guide)
+                assert est.cost == counted and counted.queries == probes.count  # exactly what the device counted
+                assert probes.count >= 1 and probes.plan.outputs is None  # the forward pass is one of the probes
+                gx, grads = est.input_grad, est.grads
+                counted = counted - Cost(1, h.shape[0], 0.25)  # less the forward query (the layer measured it)
+            steps.append((gx, grads, counted))
+            with torch.no_grad():  # move the setting, as training does
+                for p in model.reservoir.device_parameters().values():
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(step), dtype=p.dtype))
+                model.reservoir.clamp_()
+        runs.append((steps, method.twin_queries))
+    (ref, tq0), *others = runs
+    assert tq0 > 6  # a refit took dedicated samples
+    for steps, tq in others:
+        assert tq == tq0
+        for (gx0, g0, c0), (gx1, g1, c1) in zip(ref, steps):
+            assert c0.queries == c1.queries
+            assert torch.allclose(gx0, gx1, rtol=1e-6, atol=1e-9)
+            assert all(torch.allclose(g0[n], g1[n], rtol=1e-6, atol=1e-9) for n in g0)
+
+
+def test_pat_is_the_twin_refitted_on_the_step_s_data_at_the_measured_point():
+    """PAT's estimate, written out by hand: the twin observes the forward pass, takes its warm-up samples, is
+    fitted, and its VJP at the measured point is the estimate (the algorithm before ask/tell, for a fixed seed)."""
+    model, x, y = small_net()
+    system, params, h, out, v = layer_point(model, x, y)
+    method = PAT(warmup_queries=6, twin_options=TINY, seed=1)
+    probes, est, counted = by_hand(method, system, params, h, v, method.carrier, outputs=out)
+    assert probes.count == 6 and est.cost == counted
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(1)))
+    other = small_net()[0].reservoir.system  # an identical device answers the reference's samples
+    twin = Twin(other, seed=seed, **TINY)
+    twin.observe(params, h, out, forward=True)
+    twin.sample(other, 6, params, h)
+    twin.fit()
+    gx, grads = twin.vjp(params, h, v)
+    assert torch.allclose(est.input_grad, gx.to(h.dtype), rtol=1e-6, atol=1e-10)
+    assert all(torch.allclose(est.grads[n], grads[n].to(est.grads[n].dtype), rtol=1e-6, atol=1e-10) for n in grads)
+
+
+def test_ask_is_pure_even_on_a_refit_step(monkeypatch):
+    model, x, y = small_net()
+    system, params, h, out, v = layer_point(model, x, y)
+    method = MAKERS["twin_cv"]()
+    for what in ("measure", "simulate", "response"):
+        monkeypatch.setattr(system, what, lambda *a, **k: (_ for _ in ()).throw(AssertionError("ask touched the device")))
+    before = system.cost
+    probes = method.ask(params, h, system=system)
+    assert system.cost == before and probes.plan.fit and probes.plan.sample_rows == 6
+    twin = method.twins[system.identity]
+    assert twin.rows == 0 and twin.fits == 0  # nothing observed, nothing fitted before tell
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 40])
+def test_twin_probes_shard_on_unit_boundaries_and_join_in_order(n):
+    model, x, y = small_net()
+    system, params, h, out, v = layer_point(model, x, y)
+    method = TwinGuidedPGT(4, 1e-3, warmup_queries=3, twin_options=TINY, seed=0)
+    probes = method.ask(params, h, system=system)
+    assert probes.units == (1, 1, 1, 1, 2, 2, 2, 2) and probes.count == 12  # forward, 3 samples, 4 ± pairs
+    parts = probes.shard(n)
+    assert 1 <= len(parts) <= n and sum(p.count for p in parts) == probes.count
+    first = [0]
+    for p in parts:
+        first.append(first[-1] + p.count)
+    pair_starts = {4, 6, 8, 10}
+    assert all(b in pair_starts or b <= 4 or b == 12 for b in first)  # no part boundary inside a ± pair
+    whole = probes.answer(system)
+    assert torch.allclose(probes.join([p.answer(system) for p in parts]), whole, rtol=1e-12, atol=1e-12)
+    plus, minus = probes.params["gain"][4::2], probes.params["gain"][5::2]
+    assert torch.allclose(plus - minus, 2e-3 * probes.plan.extra["pt"][:, :1], atol=1e-12)  # rows: +, − of each pair
+
+
+def test_tell_refuses_shards_missing_cotangents_and_wrong_answers():
+    model, x, y = small_net()
+    system, params, h, out, v = layer_point(model, x, y)
+    method = MAKERS["twin_cv"]()
+    probes = method.ask(params, h, system=system)
+    answers = probes.answer(system)
+    with pytest.raises(ConfigError, match="not a shard"):
+        method.tell(probes.shard(2)[0], answers, v)
+    with pytest.raises(ShapeError, match="cotangent"):
+        method.tell(probes, answers)
+    with pytest.raises(ShapeError, match="expects answers of shape"):
+        method.tell(probes, answers[1:], v)
+    with pytest.raises(MeasurementError, match="non-finite"):
+        method.tell(probes, answers * float("nan"), v)
+    with pytest.raises(ConfigError, match="system="):
+        method.ask(params, h)
+
+
+def test_registered_twin_methods_train_from_the_registry():
+    from physgrad.methods.registry import make_method, method_entry
+
+    for name in ("pat", "twin_cv", "twin_guided"):
+        entry = method_entry(name)
+        assert entry.kind == "static" and entry.default_device == "reservoir" and entry.default_dataset == "digits"
+        method = make_method(name, seed=1, twin_options=TINY)
+        assert method.name == name
+        model, x, y = small_net()
+        before = model.reservoir.system.cost
+        method.backward(model, F.cross_entropy, x, y)
+        assert method.last_cost == model.reservoir.system.cost - before and method.twin_queries == 32
+
+
 def test_quick_benchmark_writes_its_contract(tmp_path):
     import json
     import subprocess
@@ -263,6 +422,61 @@ def test_quick_benchmark_writes_its_contract(tmp_path):
         assert -1.0 <= figures[key] <= 1.0, key
     assert figures["pat_queries_total"] > figures["pat_twin_queries"] > 0  # twin data is in the cost
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_quick_benchmark_trains_on_fashion_mnist_files(tmp_path):
+    """``--dataset fashion-mnist`` reads the IDX files through load_dataset (here: small fake ones given by
+    $PHYSGRAD_DATA, so the test needs no download) and widens only the encoder to 784 inputs."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from physgrad.data.datasets import IDX_FILES
+
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (40, 28, 28)), rng.integers(0, 10, 40), rng.integers(0, 256, (20, 28, 28)),
+              rng.integers(0, 10, 20)]
+    for stem, a in zip(IDX_FILES, arrays):
+        header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+        (folder / stem).write_bytes(header + a.astype(np.uint8).tobytes())
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "fashion.json"
+    cmd = [sys.executable, "-m", "benchmarks.twin", "--quick", "--threads", "1", "--dataset", "fashion-mnist",
+           "--parts", "training", "--methods", "backprop,pat", "--epochs", "1", "--out", str(out),
+           "--plot", str(tmp_path / "f.png")]
+    env = dict(os.environ, PHYSGRAD_DATA=str(tmp_path / "data"))
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["dataset"] == "fashion-mnist" and figures["input_features"] == 784
+    assert (figures["train_samples"], figures["test_samples"]) == (40, 20)
+    assert figures["pat_queries_total"] > figures["pat_twin_queries"] > 0
+    assert figures["backprop_queries_total"] == 2  # one query per step: 40 images in batches of 32
+
+
+def test_quick_benchmark_trains_a_synthetic_dnpu_on_the_sphere_task(tmp_path):
+    """``--network dnpu``: hge_sphere's task on the synthetic DNPU; the twin's data is counted in the cost."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "dnpu.json"
+    cmd = [sys.executable, "-m", "benchmarks.twin", "--quick", "--threads", "1", "--network", "dnpu", "--parts", "training",
+           "--methods", "backprop,twin_cv", "--epochs", "1", "--out", str(out), "--plot", str(tmp_path / "d.png")]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert (figures["network"], figures["dataset"], figures["input_features"]) == ("dnpu", "sphere", 3)
+    assert figures["dnpu_device"] == "synthetic-0"
+    assert (figures["train_samples"], figures["test_samples"]) == (64, 256)
+    assert figures["backprop_queries_total"] == 2  # 64 points in batches of 32: one query per step
+    assert figures["twin_cv_queries_total"] > figures["twin_cv_twin_queries"] >= 32  # the 32 warm-up queries count
 
 
 def test_pgt_variance_benchmark_runs(tmp_path):

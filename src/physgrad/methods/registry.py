@@ -4,7 +4,7 @@
 
     from physgrad.methods.registry import make_method, method_names, method_entry
 
-    method_names()                      # ['pgt', 'spsa', 'es', 'fd', 'backprop', 'hge', 'eqprop', 'aeqprop']
+    method_names()                      # ['pgt', 'spsa', 'es', 'fd', 'backprop', 'hge', 'eqprop', 'aeqprop', 'pat', ...]
     entry = method_entry("hge")
     entry.kind                          # 'waveform' (static | waveform | energy | oracle)
     entry.options                       # {'window_s': 0.1, 'frequencies': None, ...} from the factory's signature
@@ -34,6 +34,7 @@ from .energy.eqprop import EqProp
 from .hge.method import HGE
 from .perturbation.finite_difference import FiniteDifference
 from .perturbation.pgt import PGT
+from .twin import pat, twin_cv, twin_guided
 
 KINDS = ("static", "waveform", "energy", "oracle")
 
@@ -119,6 +120,12 @@ for _entry in (
                 "equilibrium propagation (Scellier & Bengio 2017)"),
     MethodEntry("aeqprop", Aeqprop, "energy", "hopfield", "digits", {},
                 "agnostic equilibrium propagation (Scellier et al. 2022)"),
+    MethodEntry("pat", pat, "static", _HYBRID, "digits", {},
+                "physics-aware training with a twin learned from measurements (Wright et al. 2022; biased)"),
+    MethodEntry("twin_cv", twin_cv, "static", _HYBRID, "digits", {},
+                "PGT-local with the learned twin as control variate (unbiased)"),
+    MethodEntry("twin_guided", twin_guided, "static", _HYBRID, "digits", {},
+                "guided ES along the learned twin's gradient (Maheswaranathan et al. 2019; unbiased)"),
 ):
     register_method(_entry)
 del _entry

@@ -6,7 +6,7 @@
   directions (guided ES, Maheswaranathan et al. 2019): unbiased whatever the twin.
 """
 
-from .methods import PAT, TwinGuidedPGT, TwinMethod
+from .methods import PAT, TwinGuidedPGT, TwinMethod, TwinPlan, TwinProbes, pat, twin_cv, twin_guided
 from .twin import Twin
 
-__all__ = ["PAT", "Twin", "TwinGuidedPGT", "TwinMethod"]
+__all__ = ["PAT", "Twin", "TwinGuidedPGT", "TwinMethod", "TwinPlan", "TwinProbes", "pat", "twin_cv", "twin_guided"]

@@ -35,26 +35,112 @@ Both work in the *local* scope: the physical layer's backward pass asks them for
 layers. Every measurement they take — the forward pass, the perturbation probes, the twin's
 dedicated samples — is added to the twin's replay buffer, and every query is counted (the device
 counts it; ``method.last_cost`` / ``total_cost`` include the twin's data).
+
+The contract of issue 10 (``ask`` → carrier → ``tell``; ``backward`` is the base class's): ``ask``
+plans one step without touching the device — the forward pass (unless the layer measured it
+already), the twin's dedicated samples when the refit rule will call for a fit, the ± pairs — as
+one :class:`TwinProbes` (one device call; shards never split a pair). ``tell`` feeds the answers to
+the twin, refits it where planned (the twin lives in ``state_dict`` under ``system.identity``) and
+makes the estimate, whose cost is the probes' queries: exactly what the device counted. The twin's
+random draws are made in ``ask`` in the order the old single-call code made them, so a fixed seed
+gives the same estimates as before (bit for bit for PAT and the control variate; guided directions
+now use the twin as it stands at ``ask``, so a refit takes effect one step later).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
 
+from ...carriers.probes import Probes, split_points
 from ...cost import Cost
-from ...errors import ConfigError, MeasurementError, RangeError
-from ...models.physical_layer import gradient_path
+from ...errors import ConfigError, RangeError, ShapeError, require_finite
 from ...systems.base import PhysicalSystem
-from ..base import GradientMethod, LossFn
+from ..base import Estimate, GradientMethod, check_ask_options, flat_bounds, scaled_cost
 from .twin import Twin
 
 
+@dataclass
+class TwinProbes(Probes):
+    """One step's device contacts of a twin method, answered in *one* device call.
+
+    Rows (one row = one setting on a batch of ``B`` inputs = one query), in this order: the forward
+    pass at the step's setting (only when its answer is not known already), the twin's dedicated
+    samples (only on a step that refits the twin), and the ``K`` ± pairs of a perturbative
+    correction, each pair as two adjacent rows (+, then −). ``params[name]`` is ``[M, *shape]``,
+    ``inputs`` ``[M, B, *in]``; answers are ``[M, B, *out]``. ``units`` are the sizes of the parts
+    a shard never splits (1: a forward or sample row; 2: a ± pair). ``plan`` is the method's record
+    of what it asked (read back by ``tell``; ``None`` in a shard).
+    """
+
+    params: dict[str, torch.Tensor]
+    inputs: torch.Tensor
+    units: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    plan: "TwinPlan | None" = None
+
+    @property
+    def count(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def answer(self, system: Any) -> torch.Tensor:
+        if self.count == 0:  # nothing to measure this step (PAT between refits): no device call
+            return torch.zeros(0, *self.inputs.shape[1:2], *self.output_shape, dtype=self.inputs.dtype)
+        return system.measure(self.params, self.inputs)
+
+    def shard(self, n: int) -> list["TwinProbes"]:
+        spans = split_points(len(self.units), n)
+        if len(spans) <= 1:
+            return [self]
+        starts = [0]
+        for u in self.units:
+            starts.append(starts[-1] + u)
+        return [
+            TwinProbes({k: v[starts[a] : starts[b]] for k, v in self.params.items()}, self.inputs[starts[a] : starts[b]],
+                       self.units[a:b], self.output_shape)
+            for a, b in spans
+        ]
+
+    def join(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(p) for p in parts])
+
+
+@dataclass
+class TwinPlan:
+    """What a twin method asked for at one measured point (kept in :class:`TwinProbes` for ``tell``)."""
+
+    identity: str
+    theta: dict[str, torch.Tensor]
+    inputs: torch.Tensor                      # [B, *in], the measured point
+    outputs: torch.Tensor | None              # the forward measurement when it was known at ask
+    input_grad: bool
+    split: torch.Tensor | None                # held-out flags of the forward rows (learning twins)
+    fit: bool                                 # the twin is refitted in tell (the refit rule, as of ask)
+    samples: tuple[dict[str, torch.Tensor], torch.Tensor] | None  # the dedicated samples (a refit step)
+    per_query: Cost
+    extra: dict[str, Any] = field(default_factory=dict)  # the subclass's record (directions, ...)
+
+    @property
+    def forward_rows(self) -> int:
+        return 0 if self.outputs is not None else 1
+
+    @property
+    def sample_rows(self) -> int:
+        return 0 if self.samples is None else int(self.samples[1].shape[0])
+
+
 class TwinMethod(GradientMethod):
-    """Shared base: one learned :class:`Twin` per device, its data and its refits.
+    """Shared base: one learned :class:`Twin` per device, its data and its refits, in ask/tell form.
+
+    ``ask`` (pure: no device contact) plans one step at a measured point: the forward pass (unless
+    its answer is known — in a network's backward pass the layer has measured it already), the
+    twin's dedicated samples when the refit rule will call for a fit once the forward pass is seen,
+    and what the subclass measures (:meth:`_ask_more`). ``tell`` feeds every answer to the twin
+    (the forward rows, the samples, one probe of each ± pair), refits it when planned, and makes
+    the estimate (:meth:`_estimate`). ``backward`` and ``vjp`` are the base class's.
 
     Parameters
     ----------
@@ -70,6 +156,8 @@ class TwinMethod(GradientMethod):
         Dedicated queries taken at every later refit, around the current setting.
     learn:
         ``False`` freezes the twin (no observation, no refit): the twin given is used as is.
+    carrier:
+        What carries the probes to a device (default in process).
     """
 
     def __init__(
@@ -81,8 +169,9 @@ class TwinMethod(GradientMethod):
         refit_queries: int = 0,
         learn: bool = True,
         seed: int = 0,
+        carrier=None,
     ) -> None:
-        super().__init__("local", seed)
+        super().__init__("local", seed, carrier=carrier)
         if warmup_queries < 0 or refit_queries < 0:
             raise ConfigError("warmup_queries and refit_queries must be >= 0")
         self.fixed_twin = twin
@@ -91,6 +180,7 @@ class TwinMethod(GradientMethod):
         self.refit_queries = int(refit_queries)
         self.learn = bool(learn)
         self.twins: dict[str, Twin] = {}
+        self._layer_call: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def twin_for(self, system: PhysicalSystem) -> Twin:
         """The twin of ``system`` (created from its declarations on first use)."""
@@ -107,36 +197,130 @@ class TwinMethod(GradientMethod):
                 self.twins[key] = Twin(system, **opts)
         return self.twins[key]
 
-    def ask(self, theta, inputs=None, targets=None, **options):
-        """Not yet in the ask/tell form: these methods run through ``backward`` (the local scope's VJP
-        hook), where the twin of each device is found from the device itself."""
-        raise NotImplementedError(self._no_ask_tell())
+    def _twin_of(self, identity: str) -> Twin:
+        return self.fixed_twin if self.fixed_twin is not None else self.twins[identity]
 
-    def tell(self, probes, answers, cotangent=None):
-        raise NotImplementedError(self._no_ask_tell())
+    # ------------------------------------------------------------------ ask / tell
+    def vjp(self, system, params, inputs, outputs, cotangent, need_input_grad: bool = True):
+        """The base class's ask → carrier → tell, told what a layer's backward pass already knows: the
+        forward measurement (the twin observes it; it is not measured twice) and the cotangent (the
+        guide of guided directions)."""
+        self._layer_call = (outputs.detach(), cotangent.detach())
+        try:
+            return super().vjp(system, params, inputs, outputs, cotangent, need_input_grad)
+        finally:
+            self._layer_call = None
 
-    def _no_ask_tell(self) -> str:
-        return (f"{type(self).__name__} has no ask/tell form yet: train it with method.backward(model, loss_fn, x, y); "
-                "its device contacts are the forward measurement, the perturbation probes and the twin's samples")
+    def ask(
+        self,
+        theta: Mapping[str, torch.Tensor],
+        inputs: torch.Tensor | None = None,
+        targets=None,
+        *,
+        outputs: torch.Tensor | None = None,
+        cotangent: torch.Tensor | None = None,
+        **options,
+    ) -> TwinProbes:
+        """The probes of one device VJP at ``(theta, inputs)`` (pure: the device is never measured).
 
-    def _backward(self, model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with gradient_path(model, "estimate", self):
-            loss = loss_fn(model(x), y)
-            loss.backward()
-        return loss
-
-    def _update_twin(self, system: PhysicalSystem, params: dict[str, torch.Tensor], inputs: torch.Tensor, outputs: torch.Tensor) -> Twin:
-        """Observe the forward measurement, take dedicated samples and refit by the stated rule."""
+        ``system`` (required) names the device whose twin is used; only its declarations are read.
+        ``outputs``: the forward measurement at ``(theta, inputs)`` if already taken (then it is not
+        asked again); ``cotangent``: the VJP's vector if known now (guided directions use it). Inside
+        ``backward`` both come from the layer's backward pass. Contract keywords: ``bounds``,
+        ``input_bounds``, ``input_grad``.
+        """
+        check_ask_options(self, options)
+        system = options.get("system")
+        if inputs is None or system is None:
+            raise ConfigError(f"{type(self).__name__}.ask needs inputs= and system= (a twin models one device's "
+                              "outputs; only the device's declarations are read)")
+        if outputs is None and cotangent is None and self._layer_call is not None:
+            outputs, cotangent = self._layer_call
+        theta = {n: t.detach() for n, t in theta.items()}
+        x = inputs.detach()
+        input_grad = options.get("input_grad")
+        input_grad = True if input_grad is None else bool(input_grad)
         twin = self.twin_for(system)
-        if not self.learn:
-            return twin
-        twin.observe(params, inputs, outputs, forward=True)
-        if twin.needs_fit():
+        split = samples = None
+        fit = False
+        if self.learn:
+            split = twin.draw_split(x.shape[0])  # the forward rows' split, in the order measurements are planned
+            fit = twin.needs_fit_after(theta, x, outputs)
             extra = self.warmup_queries if twin.fits == 0 else self.refit_queries
-            twin.sample(system, extra, params, inputs)
-            twin.fit()
-        return twin
+            if fit and extra > 0:
+                samples = twin.sample_plan(extra, theta, x)
+        elif twin.fits == 0 and self.needs_fitted_twin:
+            raise ConfigError(f"{self.name}: the twin has not been fitted (fit a frozen twin before use, or let the method learn it)")
+        plan = TwinPlan(system.identity, theta, x, None if outputs is None else outputs.detach(), input_grad, split,
+                        fit, samples, Cost(1, int(x.shape[0]), float(getattr(system, "seconds_per_query", 0.0) or 0.0)))
+        rows: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+        units: list[int] = []
+        if outputs is None:
+            rows.append(({n: t.unsqueeze(0) for n, t in theta.items()}, x.unsqueeze(0)))
+            units.append(1)
+        if samples is not None:
+            rows.append(samples)
+            units += [1] * plan.sample_rows
+        more = self._ask_more(plan, twin, system, cotangent, options)
+        if more is not None:
+            rows.append(more)
+            units += [2] * (int(more[1].shape[0]) // 2)
+        params = {n: torch.cat([r[0][n].to(theta[n].dtype) for r in rows]) if rows else theta[n].unsqueeze(0)[:0]
+                  for n in theta}
+        probe_inputs = torch.cat([r[1].to(x.dtype) for r in rows]) if rows else x.unsqueeze(0)[:0]
+        return TwinProbes(params, probe_inputs, tuple(units), tuple(system.output_shape), plan)
 
+    needs_fitted_twin = False  # PAT: True (it has nothing to estimate with otherwise)
+
+    def _ask_more(self, plan: TwinPlan, twin: Twin, system, cotangent, options) -> tuple[dict, torch.Tensor] | None:
+        """The subclass's own rows ``(settings [R, *shape], inputs [R, B, *in])`` (± pairs), or ``None``."""
+        return None
+
+    def carry(self, system: Any, probes: Probes) -> Any:
+        """The base class's carrier, except that an empty set of probes reaches no device."""
+        if probes.count == 0:
+            return probes.answer(system)
+        return super().carry(system, probes)
+
+    def tell(self, probes: TwinProbes, answers: Any, cotangent: torch.Tensor | None = None) -> Estimate:
+        """Feed the answers to the twin (and refit it where planned), then make the estimate.
+
+        ``cotangent`` ``[B, *out]`` (the vector of the VJP) is required. ``Estimate.cost`` is the
+        queries of these probes (forward pass, twin samples, ± pairs): what the device counted.
+        """
+        plan = getattr(probes, "plan", None)
+        if plan is None:
+            raise ConfigError(f"{self.name}.tell takes the probes its ask returned (not a shard of them)")
+        if cotangent is None:
+            raise ShapeError(f"{self.name}.tell needs the cotangent (the vector of the vector–Jacobian product)")
+        answers = torch.as_tensor(answers)
+        b = plan.inputs.shape[0]
+        if tuple(answers.shape) != (probes.count, b, *probes.output_shape):
+            raise ShapeError(f"{self.name}.tell expects answers of shape {(probes.count, b, *probes.output_shape)}, "
+                             f"got {tuple(answers.shape)}")
+        require_finite(self.name, "answers", answers)
+        if tuple(cotangent.shape) != (b, *probes.output_shape):
+            raise ShapeError(f"cotangent shape {tuple(cotangent.shape)} does not match the outputs {(b, *probes.output_shape)}")
+        twin = self._twin_of(plan.identity)
+        f, s = plan.forward_rows, plan.sample_rows
+        if self.learn:
+            forward = answers[0] if f else plan.outputs
+            twin.observe(plan.theta, plan.inputs, forward, forward=True, split=plan.split)
+            if plan.samples is not None:
+                twin.observe_samples(*plan.samples, answers[f : f + s])
+            if plan.fit:
+                twin.fit()
+        gx, grads = self._estimate(plan, twin, answers[f + s :], cotangent.detach())
+        dtype = plan.inputs.dtype
+        gx = gx.to(dtype).reshape(plan.inputs.shape) if plan.input_grad else None
+        grads = {n: g.to(plan.theta[n].dtype).reshape(plan.theta[n].shape) for n, g in grads.items()}
+        return Estimate(grads, gx, scaled_cost(probes.count, plan.per_query))
+
+    def _estimate(self, plan: TwinPlan, twin: Twin, answers: torch.Tensor, cotangent: torch.Tensor):
+        """``(input gradient, {name: gradient})`` from the (already updated) twin and the subclass's answers."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["twins"] = {k: t.state_dict() for k, t in self.twins.items()}
@@ -174,14 +358,11 @@ class PAT(TwinMethod):
     """
 
     name = "pat"
+    needs_fitted_twin = True
 
-    def vjp(self, system, params, inputs, outputs, cotangent, need_input_grad: bool = True):
-        twin = self._update_twin(system, params, inputs, outputs)
-        if twin.fits == 0:
-            raise ConfigError("PAT: the twin has not been fitted (fit a frozen twin before use, or let the method learn it)")
-        gx, grads = twin.vjp(params, inputs, cotangent)
-        dtype = inputs.dtype
-        return (gx.to(dtype) if need_input_grad else None), {n: g.to(params[n].dtype) for n, g in grads.items()}
+    def _estimate(self, plan: TwinPlan, twin: Twin, answers: torch.Tensor, cotangent: torch.Tensor):
+        """The twin's VJP at the measured point (the forward measurement is the twin's data only)."""
+        return twin.vjp(plan.theta, plan.inputs, cotangent)
 
     def __repr__(self) -> str:
         return f"PAT(warmup_queries={self.warmup_queries}, refit_queries={self.refit_queries}, learn={self.learn})"
@@ -227,9 +408,10 @@ class TwinGuidedPGT(TwinMethod):
         refit_queries: int = 0,
         learn: bool = True,
         seed: int = 0,
+        carrier=None,
     ) -> None:
         super().__init__(twin, twin_options=twin_options, warmup_queries=warmup_queries,
-                         refit_queries=refit_queries, learn=learn, seed=seed)
+                         refit_queries=refit_queries, learn=learn, seed=seed, carrier=carrier)
         if num_pairs < 1:
             raise ConfigError(f"num_pairs must be >= 1, got {num_pairs}")
         if not (delta > 0 and math.isfinite(delta)):
@@ -276,58 +458,97 @@ class TwinGuidedPGT(TwinMethod):
             return None
         return torch.where(norm > 0, v / norm.clamp_min(1e-30), torch.zeros_like(v))
 
-    # ------------------------------------------------------------------ the VJP
-    def vjp(self, system, params, inputs, outputs, cotangent, need_input_grad: bool = True):
-        twin = self._update_twin(system, params, inputs, outputs)
-        dtype = inputs.dtype
-        b = inputs.shape[0]
-        names = list(params)
-        shapes = {n: tuple(params[n].shape) for n in names}
-        d_theta = sum(math.prod(s) for s in shapes.values())
-        d_in = math.prod(inputs.shape[1:])
-        theta = torch.cat([params[n].detach().reshape(-1) for n in names]).to(dtype) if names else torch.zeros(0, dtype=dtype)
-        v = cotangent.detach().to(dtype).reshape(b, -1)
-        # the twin's per-sample gradients at the measured point (free: no query)
-        if twin.fits:
-            tgx, tgt = twin.vjp(params, inputs, cotangent, per_sample=True)
+    # ------------------------------------------------------------------ ask / tell
+    def _ask_more(self, plan: TwinPlan, twin: Twin, system, cotangent, options):
+        """The ± pairs of the perturbative correction (on a random fraction ``q`` of the steps).
+
+        Directions: isotropic Gaussian, or guided by the twin's VJP as it stands now (``alpha < 1``,
+        when the cotangent is known at ask and the twin has been fitted). The stencil is shifted
+        inward at a bound, as PGT's (the device's declared safe ranges, or ``bounds=``).
+        """
+        q = self.correction_prob
+        measure = q >= 1.0 or float(torch.rand((), generator=self.generator)) < q
+        plan.extra["measure"] = measure
+        if not measure:
+            return None
+        x = plan.inputs
+        dtype, b = x.dtype, x.shape[0]
+        names = list(plan.theta)
+        shapes = {n: tuple(plan.theta[n].shape) for n in names}
+        d_theta = sum(math.prod(sh) for sh in shapes.values())
+        d_in = math.prod(x.shape[1:])
+        k = self.num_pairs
+        u_t = u_x = None
+        if self.alpha < 1.0 and cotangent is not None and twin.fits:
+            tgx, tgt = twin.vjp(plan.theta, x, cotangent, per_sample=True)
+            u_t = self._unit(tgt.to(dtype).sum(0)) if d_theta else None
+            u_x = self._unit(tgx.to(dtype).reshape(b, d_in)) if plan.input_grad else None
+        pt, it = self._guided(k, u_t, d_theta, dtype)                      # [k, d_θ]
+        if not plan.input_grad:
+            px = ix = torch.zeros(k, b, d_in, dtype=dtype)
+        elif u_x is None:  # isotropic, independent per sample
+            px = ix = torch.randn(k, b, d_in, generator=self.generator, dtype=torch.float64).to(dtype)
+        else:
+            px, ix = self._guided(k, u_x, d_in, dtype)
+        plan.extra.update(pt=pt, it=it, px=px, ix=ix)
+        theta = torch.cat([plan.theta[n].reshape(-1) for n in names]).to(dtype) if names else torch.zeros(0, dtype=dtype)
+        low, high = flat_bounds(shapes, options.get("bounds") or system.parameter_bounds(dtype), dtype)
+        plus, minus = _stencil(theta.expand(k, -1), pt, self.delta, low, high, "parameter")
+        xk = x.reshape(1, b, -1).expand(k, b, -1)
+        lo_x, hi_x = options.get("input_bounds") or system.input_range or (-math.inf, math.inf)
+        xp, xm = _stencil(xk, px, self.delta, torch.full_like(xk, lo_x), torch.full_like(xk, hi_x), "input")
+        both = torch.stack([plus, minus], 1).reshape(2 * k, d_theta)            # rows: +₀, −₀, +₁, −₁, ...
+        settings, offset = {}, 0
+        for n in names:
+            size = math.prod(shapes[n])
+            settings[n] = both[:, offset : offset + size].reshape(2 * k, *shapes[n]).to(plan.theta[n].dtype)
+            offset += size
+        probe_inputs = torch.stack([xp, xm], 1).reshape(2 * k, b, *x.shape[1:]).to(dtype)
+        plan.extra["plus"] = ({n: t[0::2] for n, t in settings.items()}, probe_inputs[0::2])
+        return settings, probe_inputs
+
+    def _estimate(self, plan: TwinPlan, twin: Twin, answers: torch.Tensor, cotangent: torch.Tensor):
+        """``ĝ = c·ĝ_twin + (Z/q)(1/K) Σ_k r_k Σ⁻¹P_k`` per block (module docstring), from the updated twin."""
+        x = plan.inputs
+        dtype, b = x.dtype, x.shape[0]
+        names = list(plan.theta)
+        shapes = {n: tuple(plan.theta[n].shape) for n in names}
+        d_theta = sum(math.prod(sh) for sh in shapes.values())
+        d_in = math.prod(x.shape[1:])
+        v = cotangent.to(dtype).reshape(b, -1)
+        if twin.fits:  # the twin's per-sample gradients at the measured point (free: no query)
+            tgx, tgt = twin.vjp(plan.theta, x, cotangent, per_sample=True)
             tgx, tgt = tgx.to(dtype).reshape(b, d_in), tgt.to(dtype)
         else:
             tgx, tgt = torch.zeros(b, d_in, dtype=dtype), torch.zeros(b, d_theta, dtype=dtype)
-        c_t, c_x = self._coefficients(system) if (self.control_variate and twin.fits) else (0.0, 0.0)
+        c_t, c_x = self._coefficients(plan.identity) if (self.control_variate and twin.fits) else (0.0, 0.0)
         self.last_coef = (c_t, c_x)
         gx = c_x * tgx
         gt = c_t * tgt.sum(0)
-        q = self.correction_prob
-        measure = q >= 1.0 or float(torch.rand((), generator=self.generator)) < q
-        if measure:
-            k = self.num_pairs
-            u_t = self._unit(tgt.sum(0)) if (twin.fits and d_theta) else None
-            u_x = self._unit(tgx) if (twin.fits and need_input_grad) else None
-            pt, it = self._guided(k, u_t, d_theta, dtype)                      # [k, d_θ]
-            if need_input_grad:
-                px, ix = self._guided(k, u_x if u_x is not None else None, d_in, dtype)
-                if px.dim() == 2:  # no guide: independent per sample
-                    px = torch.randn(k, b, d_in, generator=self.generator, dtype=torch.float64).to(dtype)
-                    ix = px
-            else:
-                px = ix = torch.zeros(k, b, d_in, dtype=dtype)
-            s_dev = self._measure_directional(system, params, names, shapes, theta, inputs, pt, px, v)  # [k, b]
-            s_tw_t = pt @ tgt.T                                  # [k, b]: the twin's exact directional derivatives,
-            s_tw_x = torch.einsum("kbn,bn->kb", px, tgx)         # parameter part and input part
+        if plan.extra["measure"]:
+            k, q = self.num_pairs, self.correction_prob
+            pt, it, px, ix = (plan.extra[key] for key in ("pt", "it", "px", "ix"))
+            plus, minus = answers[0::2], answers[1::2]
+            if self.learn:  # one probe of each pair: new data, not near-duplicates
+                twin.observe(*plan.extra["plus"], plus)
+            diff = (plus - minus).to(dtype).reshape(k, b, -1) / (2 * self.delta)
+            s_dev = (diff * v.unsqueeze(0)).sum(-1)                # [k, b]: measured directional derivatives
+            s_tw_t = pt @ tgt.T                                    # [k, b]: the twin's exact ones, parameter part
+            s_tw_x = torch.einsum("kbn,bn->kb", px, tgx)           # and input part
             if self.control_variate and self.coef == "auto" and twin.fits:
-                self._record(system, s_dev, s_tw_t, s_tw_x)
+                self._record(plan.identity, s_dev, s_tw_t, s_tw_x)
             r = (s_dev - c_t * s_tw_t - c_x * s_tw_x) / (k * q)
             gt = gt + r.sum(1) @ it
-            if need_input_grad:
+            if plan.input_grad:
                 gx = gx + torch.einsum("kb,kbn->bn", r, ix)
         grads, offset = {}, 0
         for n in names:
             size = math.prod(shapes[n])
-            grads[n] = gt[offset : offset + size].reshape(shapes[n]).to(params[n].dtype)
+            grads[n] = gt[offset : offset + size].reshape(shapes[n])
             offset += size
-        return (gx.reshape(inputs.shape) if need_input_grad else None), grads
+        return gx, grads
 
-    def _coefficients(self, system: PhysicalSystem) -> tuple[float, float]:
+    def _coefficients(self, identity: str) -> tuple[float, float]:
         """``(c_θ, c_x)``: fixed, or the least-squares regression of past ``s`` on the twin's ``(ŝ_θ, ŝ_x)``.
 
         Separate coefficients for the parameter block and the input block keep the estimate unbiased
@@ -336,7 +557,7 @@ class TwinGuidedPGT(TwinMethod):
         """
         if self.coef != "auto":
             return float(self.coef), float(self.coef)
-        stats = self._cov.get(system.identity)
+        stats = self._cov.get(identity)
         if stats is None:
             return 1.0, 1.0
         a_tt, a_tx, a_xx, b_t, b_x = stats
@@ -350,8 +571,7 @@ class TwinGuidedPGT(TwinMethod):
         clip = lambda c: float(min(max(c, 0.0), 1.0))  # noqa: E731
         return clip(c_t), clip(c_x)
 
-    def _record(self, system: PhysicalSystem, s_dev: torch.Tensor, s_t: torch.Tensor, s_x: torch.Tensor) -> None:
-        key = system.identity
+    def _record(self, key: str, s_dev: torch.Tensor, s_t: torch.Tensor, s_x: torch.Tensor) -> None:
         new = [float((s_t * s_t).mean()), float((s_t * s_x).mean()), float((s_x * s_x).mean()),
                float((s_dev * s_t).mean()), float((s_dev * s_x).mean())]
         if key not in self._cov:
@@ -359,38 +579,6 @@ class TwinGuidedPGT(TwinMethod):
         else:
             w = self.coef_decay
             self._cov[key] = [w * o + (1 - w) * n for o, n in zip(self._cov[key], new)]
-
-    def _measure_directional(self, system, params, names, shapes, theta, inputs, pt, px, v) -> torch.Tensor:
-        """``s_{k,b} = v_b · (y(x_b + δP^in, θ + δP) − y(x_b − δP^in, θ − δP)) / (2δ)``: ``2K`` queries, one call."""
-        k, b = pt.shape[0], inputs.shape[0]
-        dt = theta.dtype
-        low, high = [], []
-        for n in names:
-            lo, hi = system.parameter_specs[n].bounds(dt)
-            low.append(lo.reshape(-1))
-            high.append(hi.reshape(-1))
-        low = torch.cat(low) if low else torch.zeros(0, dtype=dt)
-        high = torch.cat(high) if high else torch.zeros(0, dtype=dt)
-        plus, minus = _stencil(theta.expand(k, -1), pt, self.delta, low, high, "parameter")
-        x = inputs.reshape(1, b, -1).expand(k, b, -1)
-        lo_x, hi_x = system.input_range if system.input_range is not None else (-math.inf, math.inf)
-        xp, xm = _stencil(x, px, self.delta, torch.full_like(x, lo_x), torch.full_like(x, hi_x), "input")
-        settings, offset = {}, 0
-        both = torch.cat([plus, minus])
-        for n in names:
-            size = math.prod(shapes[n])
-            settings[n] = both[:, offset : offset + size].reshape(2 * k, *shapes[n]).to(params[n].dtype)
-            offset += size
-        probe_inputs = torch.cat([xp, xm]).reshape(2 * k, b, *inputs.shape[1:]).to(inputs.dtype)
-        answers = system.measure(settings, probe_inputs)
-        if not torch.isfinite(answers).all():
-            raise MeasurementError(f"{self.name}: non-finite answer(s); no estimate made")
-        if self.learn:
-            twin = self.twin_for(system)
-            half = {n: s[:k] for n, s in settings.items()}
-            twin.observe(half, probe_inputs[:k], answers[:k])  # one probe of each pair: new data, not duplicates
-        diff = (answers[:k] - answers[k:]).to(v.dtype).reshape(k, b, -1) / (2 * self.delta)
-        return (diff * v.unsqueeze(0)).sum(-1)
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -417,3 +605,68 @@ def _stencil(center: torch.Tensor, directions: torch.Tensor, delta: float, low, 
     plus = torch.maximum(torch.minimum(c + delta * directions, high), low)
     minus = torch.maximum(torch.minimum(c - delta * directions, high), low)
     return plus, minus
+
+
+
+# The registry's settings (``physgrad train --method pat|twin_cv|twin_guided``): the device-query
+# settings of benchmarks.twin, with a small twin (one hidden layer of 128, at most 150 Adam steps per
+# fit) so that a first run is quick on a CPU; pass twin_options for another (the benchmark: (256, 256)).
+QUICK_TWIN = {"hidden": (128,), "capacity": 4000, "max_steps": 150}
+
+
+def pat(
+    *,
+    warmup_queries: int = 32,
+    refit_queries: int = 8,
+    twin_options: Mapping | None = None,
+    seed: int = 0,
+    carrier=None,
+) -> PAT:
+    """Physics-aware training with a learned twin (:class:`PAT`), the setting of benchmarks.twin
+    (32 warm-up and 8 refit queries); ``twin_options=None``: :data:`QUICK_TWIN`."""
+    return PAT(twin_options=QUICK_TWIN if twin_options is None else twin_options, warmup_queries=warmup_queries,
+               refit_queries=refit_queries, seed=seed, carrier=carrier)
+
+
+def twin_cv(
+    num_pairs: int = 2,
+    delta: float = 1e-2,
+    *,
+    correction_prob: float = 0.25,
+    coef: float | str = "auto",
+    warmup_queries: int = 32,
+    refit_queries: int = 8,
+    twin_options: Mapping | None = None,
+    seed: int = 0,
+    carrier=None,
+) -> TwinGuidedPGT:
+    """The twin as a control variate of PGT-local's VJP (unbiased; expected ``1 + 2Kq`` queries per
+    step plus twin data): :class:`TwinGuidedPGT` with isotropic directions, the setting of
+    benchmarks.twin (``K = 2``, ``q = 0.25``, 32 warm-up and 8 refit queries); ``twin_options=None``:
+    :data:`QUICK_TWIN`."""
+    twin_options = QUICK_TWIN if twin_options is None else twin_options
+    method = TwinGuidedPGT(num_pairs, delta, coef=coef, correction_prob=correction_prob, twin_options=twin_options,
+                           warmup_queries=warmup_queries, refit_queries=refit_queries, seed=seed, carrier=carrier)
+    method.name = "twin_cv"
+    return method
+
+
+def twin_guided(
+    num_pairs: int = 2,
+    delta: float = 1e-2,
+    *,
+    alpha: float = 0.5,
+    warmup_queries: int = 32,
+    refit_queries: int = 8,
+    twin_options: Mapping | None = None,
+    seed: int = 0,
+    carrier=None,
+) -> TwinGuidedPGT:
+    """Guided evolution strategies (Maheswaranathan et al. 2019) with the learned twin's VJP as the
+    guide, normalised by ``Σ⁻¹`` so it stays unbiased (no control variate): :class:`TwinGuidedPGT`
+    with ``alpha = 0.5``, ``K = 2``, every step; ``twin_options=None``: :data:`QUICK_TWIN`."""
+    twin_options = QUICK_TWIN if twin_options is None else twin_options
+    method = TwinGuidedPGT(num_pairs, delta, alpha=alpha, control_variate=False, twin_options=twin_options,
+                           warmup_queries=warmup_queries, refit_queries=refit_queries, seed=seed, carrier=carrier)
+    method.name = "twin_guided"
+    return method

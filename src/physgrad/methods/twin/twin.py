@@ -164,13 +164,48 @@ class Twin:
             parts.append(v.reshape(v.shape[0], -1))
         return torch.cat(parts, 1)
 
-    def observe(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor, outputs: torch.Tensor, *, forward: bool = False) -> None:
+    def observe(
+        self,
+        params: Mapping[str, torch.Tensor],
+        inputs: torch.Tensor,
+        outputs: torch.Tensor,
+        *,
+        forward: bool = False,
+        split: torch.Tensor | None = None,
+    ) -> None:
         """Add what a device answered: ``params`` ``[*shape]`` or ``[K, *shape]``, ``inputs`` ``[B, *in]``
         or ``[K, B, *in]``, ``outputs`` ``[K, B, *out]`` or ``[B, *out]``.
 
         ``forward=True`` marks the training forward pass: before it enters the buffer, the twin's
         error on it updates the drift monitor of the refit rule (free: the device already answered).
+        ``split``: the rows' held-out flags drawn earlier by :meth:`draw_split` (``None``: drawn now).
         """
+        theta, x, y = self._rows(params, inputs, outputs)
+        n = x.shape[0]
+        if forward and self.fits:
+            self.drift_error = self._drift_after(theta, x, y)
+        held = self.draw_split(n) if split is None else split
+        if held.shape != (n,):
+            raise ShapeError(f"twin.observe: a split of {tuple(held.shape)} flags for {n} rows")
+        self.rows_seen += n
+        if n > self.capacity:  # only the newest rows fit
+            theta, x, y, held = theta[-self.capacity :], x[-self.capacity :], y[-self.capacity :], held[-self.capacity :]
+            n = self.capacity
+        slots = (self._next + torch.arange(n)) % self.capacity
+        self._theta[slots], self._x[slots], self._y[slots], self._held[slots] = theta, x, y, held
+        self._next = int((self._next + n) % self.capacity)
+        self._n = min(self._n + n, self.capacity)
+
+    def draw_split(self, rows: int) -> torch.Tensor:
+        """Held-out flags for ``rows`` new rows (each held out with probability ``holdout``).
+
+        A method draws them when it *asks* for a measurement, so the twin's generator runs in the
+        order the measurements are planned, whatever order the answers are observed in.
+        """
+        return torch.rand(rows, generator=self.generator) < self.holdout
+
+    def _rows(self, params, inputs, outputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample rows ``(θ [N, d_θ], x [N, d_in], y [N, d_out])`` of a measurement (shapes checked)."""
         theta = self._flat_params(params)
         k = theta.shape[0]
         x = torch.as_tensor(inputs).detach().float()
@@ -185,21 +220,14 @@ class Twin:
         x = x.reshape(k * b, self.d_in)
         y = y.reshape(k * b, self.d_out)
         theta = theta.unsqueeze(1).expand(k, b, self.d_theta).reshape(k * b, self.d_theta)
-        if forward and self.fits:
-            with torch.no_grad():
-                err = float(self._relative_error(self._predict_flat(theta, x), y))
-            w = self.drift_weight
-            self.drift_error = err if math.isnan(self.drift_error) else (1 - w) * self.drift_error + w * err
-        held = torch.rand(k * b, generator=self.generator) < self.holdout
-        n = k * b
-        if n > self.capacity:  # only the newest rows fit
-            theta, x, y, held = theta[-self.capacity :], x[-self.capacity :], y[-self.capacity :], held[-self.capacity :]
-            n = self.capacity
-        slots = (self._next + torch.arange(n)) % self.capacity
-        self._theta[slots], self._x[slots], self._y[slots], self._held[slots] = theta, x, y, held
-        self._next = int((self._next + n) % self.capacity)
-        self._n = min(self._n + n, self.capacity)
-        self.rows_seen += k * b
+        return theta, x, y
+
+    def _drift_after(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+        """The drift monitor's value once the forward rows ``(θ, x, y)`` are seen (pure)."""
+        with torch.no_grad():
+            err = float(self._relative_error(self._predict_flat(theta, x), y))
+        w = self.drift_weight
+        return err if math.isnan(self.drift_error) else (1 - w) * self.drift_error + w * err
 
     @property
     def rows(self) -> int:
@@ -223,6 +251,12 @@ class Twin:
         """
         if queries <= 0:
             return 0
+        settings, xs = self.sample_plan(queries, center, inputs)
+        self.observe_samples(settings, xs, system.measure(settings, xs))
+        return queries
+
+    def sample_plan(self, queries: int, center: Mapping[str, torch.Tensor], inputs: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The settings ``{name: [Q, *shape]}`` and inputs ``[Q, B, *in]`` of ``queries`` dedicated samples (pure)."""
         c = self._flat_params(center)[0]
         u = torch.rand(queries, self.d_theta, generator=self.generator) * 2 - 1
         finite = torch.isfinite(self.low) & torch.isfinite(self.high)
@@ -231,12 +265,12 @@ class Twin:
         x = torch.as_tensor(inputs).detach()
         b = x.shape[0]
         perms = torch.stack([torch.randperm(b, generator=self.generator) for _ in range(queries)])
-        xs = x[perms]  # [Q, B, *in]
-        settings = self._unflatten(theta, dtype=x.dtype)
-        out = system.measure(settings, xs)
-        self.observe(settings, xs, out)
-        self.sampled_queries += queries
-        return queries
+        return self._unflatten(theta, dtype=x.dtype), x[perms]
+
+    def observe_samples(self, settings: Mapping[str, torch.Tensor], inputs: torch.Tensor, outputs: torch.Tensor) -> None:
+        """Add the answers to :meth:`sample_plan` 's settings (counted in ``sampled_queries``)."""
+        self.observe(settings, inputs, outputs)
+        self.sampled_queries += int(torch.as_tensor(outputs).shape[0])
 
     def _unflatten(self, theta: torch.Tensor, dtype=torch.float32) -> dict[str, torch.Tensor]:
         out, offset = {}, 0
@@ -297,14 +331,27 @@ class Twin:
     # ------------------------------------------------------------------ fitting
     def needs_fit(self) -> bool:
         """The refit rule (module docstring)."""
-        if self.rows == 0:
+        return self._needs_fit(self.rows, self.rows_seen, self.drift_error)
+
+    def needs_fit_after(self, params: Mapping[str, torch.Tensor], inputs: torch.Tensor, outputs: torch.Tensor | None = None) -> bool:
+        """:meth:`needs_fit` as it will be once the forward measurement of ``params`` on ``inputs`` is
+        observed (pure: nothing is added). ``outputs=None`` (not measured yet): the new rows are
+        counted but the drift monitor keeps its present value."""
+        n = math.prod(torch.as_tensor(inputs).shape[: inputs.dim() - len(self.input_shape)])
+        drift = self.drift_error
+        if outputs is not None and self.fits:
+            drift = self._drift_after(*self._rows(params, inputs, outputs))
+        return self._needs_fit(min(self.rows + n, self.capacity), self.rows_seen + n, drift)
+
+    def _needs_fit(self, rows: int, rows_seen: int, drift: float) -> bool:
+        if rows == 0:
             return False
         if not self.fits:
             return True
-        new = self.rows_seen - self.seen_at_fit
+        new = rows_seen - self.seen_at_fit
         if new >= self.refit_growth * max(self.rows_at_fit, 1):
             return True
-        drifted = not math.isnan(self.drift_error) and self.drift_error > self.refit_tolerance * max(self.heldout_error, 0.02)
+        drifted = not math.isnan(drift) and drift > self.refit_tolerance * max(self.heldout_error, 0.02)
         return drifted and new >= self.min_new_rows
 
     @staticmethod
