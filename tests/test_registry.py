@@ -51,8 +51,8 @@ def test_server_builds_devices_through_the_registry():
 
 
 def test_method_registry_api():
-    assert method_names() == ["pgt", "spsa", "es", "fd", "backprop", "hge", "eqprop", "aeqprop", "cma", "nevergrad",
-                              "pat", "twin_cv", "twin_guided"]
+    assert method_names() == ["pgt", "spsa", "es", "fd", "backprop", "hge", "eqprop", "aeqprop", "pat", "twin_cv",
+                              "twin_guided", "cma", "nevergrad"]
     kinds = {n: method_entry(n).kind for n in method_names()}
     assert kinds["hge"] == "waveform" and kinds["eqprop"] == kinds["aeqprop"] == "energy" and kinds["backprop"] == "oracle"
     entry = method_entry("pgt")

@@ -60,6 +60,7 @@ from ...cost import Cost
 from ...errors import ConfigError, RangeError, ShapeError, require_finite
 from ...systems.base import PhysicalSystem
 from ..base import Estimate, GradientMethod, check_ask_options, flat_bounds, scaled_cost
+from ..defaults import scope_defaults
 from .twin import Twin
 
 
@@ -374,9 +375,9 @@ class TwinGuidedPGT(TwinMethod):
     Parameters
     ----------
     num_pairs:
-        ``K`` ± pairs per correction.
+        ``K`` ± pairs per correction (``None``: the local scope's default, :mod:`physgrad.methods.defaults`).
     delta:
-        Perturbation scale δ (parameter and input units).
+        Perturbation scale δ (parameter and input units; ``None``: the local scope's default).
     alpha:
         Isotropic share of the directions' covariance (guided ES); ``1`` = isotropic (no guidance).
     control_variate:
@@ -394,8 +395,8 @@ class TwinGuidedPGT(TwinMethod):
 
     def __init__(
         self,
-        num_pairs: int = 4,
-        delta: float = 1e-2,
+        num_pairs: int | None = 4,
+        delta: float | None = 1e-2,
         *,
         alpha: float = 1.0,
         control_variate: bool = True,
@@ -412,6 +413,7 @@ class TwinGuidedPGT(TwinMethod):
     ) -> None:
         super().__init__(twin, twin_options=twin_options, warmup_queries=warmup_queries,
                          refit_queries=refit_queries, learn=learn, seed=seed, carrier=carrier)
+        num_pairs, delta = scope_defaults("local", num_pairs=num_pairs, delta=delta)
         if num_pairs < 1:
             raise ConfigError(f"num_pairs must be >= 1, got {num_pairs}")
         if not (delta > 0 and math.isfinite(delta)):
@@ -629,8 +631,8 @@ def pat(
 
 
 def twin_cv(
-    num_pairs: int = 2,
-    delta: float = 1e-2,
+    num_pairs: int | None = None,
+    delta: float | None = None,
     *,
     correction_prob: float = 0.25,
     coef: float | str = "auto",
@@ -642,7 +644,7 @@ def twin_cv(
 ) -> TwinGuidedPGT:
     """The twin as a control variate of PGT-local's VJP (unbiased; expected ``1 + 2Kq`` queries per
     step plus twin data): :class:`TwinGuidedPGT` with isotropic directions, the setting of
-    benchmarks.twin (``K = 2``, ``q = 0.25``, 32 warm-up and 8 refit queries); ``twin_options=None``:
+    benchmarks.twin (``K = 2`` and δ = 1e-2, the local scope's defaults, ``q = 0.25``, 32 warm-up and 8 refit queries); ``twin_options=None``:
     :data:`QUICK_TWIN`."""
     twin_options = QUICK_TWIN if twin_options is None else twin_options
     method = TwinGuidedPGT(num_pairs, delta, coef=coef, correction_prob=correction_prob, twin_options=twin_options,
@@ -652,8 +654,8 @@ def twin_cv(
 
 
 def twin_guided(
-    num_pairs: int = 2,
-    delta: float = 1e-2,
+    num_pairs: int | None = None,
+    delta: float | None = None,
     *,
     alpha: float = 0.5,
     warmup_queries: int = 32,
