@@ -128,9 +128,11 @@ def _extra(parser) -> None:
     parser.add_argument("--dataset", default="digits", choices=DATASETS,
                         help="training data: digits (default) or fashion-mnist (a seeded subset, see --train/--test)")
     parser.add_argument("--train", type=int, default=None,
-                        help=f"fashion-mnist training images (default {FASHION['train']}, quick {QUICK['train']})")
+                        help=f"training images, a seeded subset (default: digits all, fashion-mnist {FASHION['train']}; "
+                             f"quick {QUICK['train']})")
     parser.add_argument("--test", type=int, default=None,
-                        help=f"fashion-mnist test images (default {FASHION['test']}, quick {QUICK['test']})")
+                        help=f"test images, a seeded subset (default: digits all, fashion-mnist {FASHION['test']}; "
+                             f"quick {QUICK['test']})")
     parser.add_argument("--network", default="reservoir", choices=("reservoir", "ring", "dnpu"),
                         help="training: the digits hybrid with the random reservoir (default) or with the auto-oscillation "
                              "ring (ReservoirNet 64 → 16 → ring, 100 nodes, static → 10, as benchmarks.ring_reservoir) or the synthetic DNPU on hge_sphere's "
@@ -169,7 +171,7 @@ def sphere_dnpu(path: str | None = None):
 
 
 def sphere_dataset(quick: bool, path: str | None = None) -> Dataset:
-    """hge_sphere's task in volts on the synthetic DNPU's input electrodes (same seeds: 100 train, 200 test)."""
+    """hge_sphere's task in volts on the DNPU's input electrodes (its seeds: 100 train, 200 test)."""
     from .hge_sphere import sphere_data, to_volts
 
     sizes = QUICK_SPHERE if quick else SPHERE
@@ -181,7 +183,7 @@ def sphere_dataset(quick: bool, path: str | None = None) -> Dataset:
 
 def _network(kind: str, data: Dataset, seed: int, dnpu_path: str | None = None) -> torch.nn.Module:
     """The hybrid net: the PGT paper's reservoir one, or the ring hybrid of benchmarks.ring_reservoir;
-    or (``dnpu``) the synthetic DNPU with hge_sphere's read-out and seeded uniform initial controls."""
+    or (``dnpu``) the DNPU of :func:`sphere_dnpu` with hge_sphere's read-out and seeded uniform initial controls."""
     if kind == "dnpu":
         from physgrad.models import PhysicalLayer
 
@@ -240,6 +242,8 @@ def _training_data(args) -> Dataset:
 
 
 def training(args, figures: dict) -> dict[str, dict]:
+    if args.dnpu is not None and args.network != "dnpu":
+        raise SystemExit("--dnpu PATH is the device of --network dnpu; give both")
     if args.network == "dnpu":
         data = sphere_dataset(args.quick, args.dnpu)
         epochs = args.epochs or (QUICK["epochs"] if args.quick else SPHERE["epochs"])
