@@ -473,12 +473,7 @@ class TwinGuidedPGT(TwinMethod):
         plan.extra["measure"] = measure
         if not measure:
             return None
-        x = plan.inputs
-        dtype, b = x.dtype, x.shape[0]
-        names = list(plan.theta)
-        shapes = {n: tuple(plan.theta[n].shape) for n in names}
-        d_theta = sum(math.prod(sh) for sh in shapes.values())
-        d_in = math.prod(x.shape[1:])
+        x, dtype, b, names, shapes, d_theta, d_in = _sizes(plan)
         k = self.num_pairs
         u_t = u_x = None
         if self.alpha < 1.0 and cotangent is not None and twin.fits:
@@ -511,12 +506,7 @@ class TwinGuidedPGT(TwinMethod):
 
     def _estimate(self, plan: TwinPlan, twin: Twin, answers: torch.Tensor, cotangent: torch.Tensor):
         """``ĝ = c·ĝ_twin + (Z/q)(1/K) Σ_k r_k Σ⁻¹P_k`` per block (module docstring), from the updated twin."""
-        x = plan.inputs
-        dtype, b = x.dtype, x.shape[0]
-        names = list(plan.theta)
-        shapes = {n: tuple(plan.theta[n].shape) for n in names}
-        d_theta = sum(math.prod(sh) for sh in shapes.values())
-        d_in = math.prod(x.shape[1:])
+        x, dtype, b, names, shapes, d_theta, d_in = _sizes(plan)
         v = cotangent.to(dtype).reshape(b, -1)
         if twin.fits:  # the twin's per-sample gradients at the measured point (free: no query)
             tgx, tgt = twin.vjp(plan.theta, x, cotangent, per_sample=True)
@@ -594,6 +584,14 @@ class TwinGuidedPGT(TwinMethod):
     def __repr__(self) -> str:
         return (f"TwinGuidedPGT(num_pairs={self.num_pairs}, delta={self.delta}, alpha={self.alpha}, "
                 f"control_variate={self.control_variate}, coef={self.coef!r}, correction_prob={self.correction_prob})")
+
+
+def _sizes(plan: "TwinPlan"):
+    """``(inputs, dtype, batch, parameter names, shapes, d_θ, d_x)`` of a plan's device call."""
+    x = plan.inputs
+    names = list(plan.theta)
+    shapes = {n: tuple(plan.theta[n].shape) for n in names}
+    return x, x.dtype, x.shape[0], names, shapes, sum(math.prod(sh) for sh in shapes.values()), math.prod(x.shape[1:])
 
 
 def _stencil(center: torch.Tensor, directions: torch.Tensor, delta: float, low, high, what: str):
