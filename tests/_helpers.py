@@ -19,15 +19,41 @@ def flat_grad(model):
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
-def exact_grad(model, x, y):
-    from physgrad import Backprop
+def estimate(method, model, x, y):
+    """The flat gradient ``method.backward`` fills for cross-entropy at ``(x, y)`` (``p.grad`` left cleared)."""
     import torch.nn.functional as F
 
     model.zero_grad()
-    Backprop().backward(model, F.cross_entropy, x, y)
+    method.backward(model, F.cross_entropy, x, y)
     g = flat_grad(model).clone()
     model.zero_grad()
     return g
+
+
+def exact_grad(model, x, y):
+    from physgrad import Backprop
+
+    return estimate(Backprop(), model, x, y)
+
+
+def rel(a, b):
+    """Relative error ``‖a − b‖ / ‖b‖``."""
+    return float((a - b).norm() / b.norm())
+
+
+def run_benchmark_main(module, tmp_path, *extra: str) -> dict:
+    """Run a benchmark's ``main()`` in-process on its ``--quick`` path; check the JSON it wrote equals what it
+    returned and that it drew a non-empty plot; return the figures."""
+    import json
+
+    import pytest
+
+    out = tmp_path / "figures.json"
+    figures = module.main(["--quick", "--threads", "1", "--out", str(out), "--plot", str(tmp_path / "plot.png"), *extra])
+    written = json.loads(out.read_text())
+    assert written == pytest.approx(figures)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    return written
 
 
 def assert_energy_model_learns_digits(model, update, epochs=4, n=640, batch=32):

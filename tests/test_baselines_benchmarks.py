@@ -3,7 +3,6 @@ path) and writes the JSON keys of its contract."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -14,16 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _helpers import run_benchmark_main  # noqa: E402
 from benchmarks import _timing, library_overhead, queries_to_target, relaxation_speed  # noqa: E402
 
 
-def _run(module, tmp_path, *extra: str) -> dict:
-    out = tmp_path / "figures.json"
-    figures = module.main(["--quick", "--threads", "1", "--out", str(out), "--plot", str(tmp_path / "plot.png"), *extra])
-    written = json.loads(out.read_text())
-    assert written == pytest.approx(figures)
-    assert (tmp_path / "plot.png").stat().st_size > 0
-    return written
+_run = run_benchmark_main
 
 
 def test_queries_to_target_contract(tmp_path):

@@ -3,7 +3,6 @@ as ``--quick``) and must write the JSON figures its contract names, with values 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -14,16 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root, not in src/
     sys.path.insert(0, str(ROOT))
 
+from _helpers import run_benchmark_main  # noqa: E402
 from benchmarks import pgt_fidelity, pgt_training, probe_vectorization  # noqa: E402
 
 
-def _run(module, tmp_path, *extra: str) -> dict:
-    out = tmp_path / "figures.json"
-    figures = module.main(["--quick", "--threads", "1", "--out", str(out), "--plot", str(tmp_path / "plot.png"), *extra])
-    written = json.loads(out.read_text())
-    assert written == pytest.approx(figures)
-    assert (tmp_path / "plot.png").stat().st_size > 0
-    return written
+_run = run_benchmark_main
 
 
 def test_probe_vectorization_agrees_and_reports_speedup(tmp_path):

@@ -5,18 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from _helpers import exact_grad, flat_grad, small_net
+from _helpers import estimate, exact_grad, flat_grad, small_net
 from physgrad import PGT, PhysicalLayer, RandomReservoir
 from physgrad.errors import ConfigError, MeasurementError, NonFiniteGradientError, RangeError
 from physgrad.models import parameter_bounds
-
-
-def estimate(method, model, x, y):
-    model.zero_grad()
-    method.backward(model, F.cross_entropy, x, y)
-    g = flat_grad(model).clone()
-    model.zero_grad()
-    return g
 
 
 def cosine(a, b):

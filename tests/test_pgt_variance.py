@@ -10,21 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import exact_grad, flat_grad, small_net
+from _helpers import estimate, exact_grad, flat_grad, rel, small_net
 from physgrad import PGT
 from physgrad.errors import ConfigError
-
-
-def estimate(method, model, x, y):
-    model.zero_grad()
-    method.backward(model, F.cross_entropy, x, y)
-    g = flat_grad(model).clone()
-    model.zero_grad()
-    return g
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def group_errors(mean, exact, model):

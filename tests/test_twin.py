@@ -11,25 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _helpers import exact_grad, flat_grad, small_net
+from _helpers import estimate, exact_grad, flat_grad, rel, small_net
 from physgrad import RandomReservoir
 from physgrad.cost import Cost
 from physgrad.errors import ConfigError, MeasurementError, ShapeError
 from physgrad.methods.twin import PAT, Twin, TwinGuidedPGT
 from physgrad.models import ReservoirNet
 from physgrad.training import Trainer
-
-
-def estimate(method, model, x, y):
-    model.zero_grad()
-    method.backward(model, F.cross_entropy, x, y)
-    g = flat_grad(model).clone()
-    model.zero_grad()
-    return g
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def estimated_part(model, g):
